@@ -7,6 +7,8 @@
 #   make fuzz       libFuzzer target for the safetensors header parser (clang)
 #   make bench      kernel benchmarks on the Vulkan device vs a plain C loop
 
+SHELL   := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 CC      ?= cc
 BUILD   ?= build
 CFLAGS  ?= -O2 -g
@@ -85,8 +87,12 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(UTIL_OBJ) $(LIB_OBJ)
 # Tests run on the real Vulkan device with the Khronos validation layer on
 # (the test harness enables it and fails on any message).
 TEST_ENV := DF_TEST_FIXTURES=$(abspath ../shared/fixtures) XDG_RUNTIME_DIR=/tmp
+FIXTURES ?= ../shared/fixtures
 test: $(TESTS) $(BUILD)/diffusiond
 	@set -e; for t in $(TESTS); do echo "== $$t"; $(TEST_ENV) $(TEST_RUN) $$t; done
+	@echo "== check-fixtures $(FIXTURES) (fp32, then fp16 weights)"
+	@$(TEST_ENV) $(TEST_RUN) $(BUILD)/diffusiond check-fixtures $(FIXTURES) --validation | grep -v '^SKIP'
+	@$(TEST_ENV) $(TEST_RUN) $(BUILD)/diffusiond check-fixtures $(FIXTURES) --validation --fp16 | grep -v '^SKIP'
 	@echo "all test suites passed"
 
 # Sanitizer build: its own tree so objects never mix.

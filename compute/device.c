@@ -613,7 +613,7 @@ df_status vk_pipeline(struct device *d, const char *shader, const uint32_t *spec
     pthread_mutex_lock(&d->pipeline_lock);
     for (struct pipeline_entry *e = d->pipelines; e; e = e->next) {
         if (e->nspec == nspec && strcmp(e->shader, shader) == 0 &&
-            memcmp(e->spec, spec, (size_t)nspec * sizeof *spec) == 0) {
+            (nspec == 0 || memcmp(e->spec, spec, (size_t)nspec * sizeof *spec) == 0)) {
             *out = e->pipeline;
             pthread_mutex_unlock(&d->pipeline_lock);
             return DF_OK;

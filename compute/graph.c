@@ -467,6 +467,21 @@ struct cg_tensor *cg_transpose(struct cg_graph *g, struct cg_tensor *x) {
     return y;
 }
 
+struct cg_tensor *cg_embed(struct cg_graph *g, struct cg_tensor *table, struct cg_tensor *ids) {
+    if (!ok_args(g, 2, table, ids) || !is_f32(g, ids, "embed")) return NULL;
+    if (table->ndim != 2 || ids->ndim >= CG_MAX_DIMS)
+        return fail(g, DF_EINVAL, "embed: table %s, ids %s", SHAPE(table), SHAPE(ids));
+    int64_t ne[CG_MAX_DIMS];
+    memcpy(ne, ids->ne, sizeof ne);
+    ne[ids->ndim] = table->ne[1];
+    struct cg_tensor *y = activation(g, ids->ndim + 1, ne);
+    struct cg_op *op = new_op(g, CG_OP_EMBED, y);
+    if (!op) return NULL;
+    op->src[0] = table;
+    op->src[1] = ids;
+    return y;
+}
+
 /* ---- planning ----------------------------------------------------------- */
 
 static struct cg_tensor *root(struct cg_tensor *t) {
@@ -551,7 +566,7 @@ const char *cg_op_name(enum cg_op_type t) {
         [CG_OP_LAYERNORM] = "layernorm", [CG_OP_ATTENTION] = "attention", [CG_OP_BINARY] = "binary",
         [CG_OP_UNARY] = "unary", [CG_OP_GEGLU] = "geglu", [CG_OP_UPSAMPLE2X] = "upsample2x",
         [CG_OP_CONCAT] = "concat", [CG_OP_TIMESTEP_EMBED] = "timestep_embed",
-        [CG_OP_SOFTMAX] = "softmax", [CG_OP_TRANSPOSE] = "transpose",
+        [CG_OP_SOFTMAX] = "softmax", [CG_OP_TRANSPOSE] = "transpose", [CG_OP_EMBED] = "embed",
     };
     return (unsigned)t < CG_OP_COUNT ? names[t] : "?";
 }

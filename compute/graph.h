@@ -62,6 +62,7 @@ enum cg_op_type {
     CG_OP_TIMESTEP_EMBED,
     CG_OP_SOFTMAX,
     CG_OP_TRANSPOSE,
+    CG_OP_EMBED,
     CG_OP_COUNT
 };
 
@@ -155,6 +156,10 @@ struct cg_tensor *cg_timestep_embed(struct cg_graph *g, struct cg_tensor *t, int
 struct cg_tensor *cg_softmax(struct cg_graph *g, struct cg_tensor *x, float scale);
 /* [B, M, N] -> [B, N, M] (NCHW <-> tokens). */
 struct cg_tensor *cg_transpose(struct cg_graph *g, struct cg_tensor *x);
+/* nn.Embedding: rows of table [V, D] picked by ids (integers stored as
+ * fp32, exact below 2^24) of any shape -> [..., D]. An id outside [0, V)
+ * yields a zero row. */
+struct cg_tensor *cg_embed(struct cg_graph *g, struct cg_tensor *table, struct cg_tensor *ids);
 
 /* ---- planning ----------------------------------------------------------- */
 /* Assigns arena offsets to inputs and intermediates; *arena_bytes is the

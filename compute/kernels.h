@@ -40,5 +40,6 @@ df_status kern_upsample2x(struct enc *e, const struct cg_op *op);
 df_status kern_concat(struct enc *e, const struct cg_op *op);
 df_status kern_timestep_embed(struct enc *e, const struct cg_op *op);
 df_status kern_transpose(struct enc *e, const struct cg_op *op);
+df_status kern_embed(struct enc *e, const struct cg_op *op);
 
 #endif

@@ -43,6 +43,7 @@ static const encoder encoders[CG_OP_COUNT] = {
     [CG_OP_TIMESTEP_EMBED] = kern_timestep_embed,
     [CG_OP_SOFTMAX] = kern_softmax,
     [CG_OP_TRANSPOSE] = kern_transpose,
+    [CG_OP_EMBED] = kern_embed,
 };
 
 const struct dev_caps *enc_caps(const struct enc *e) { return &e->prog->dev->caps; }

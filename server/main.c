@@ -3,7 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../compute/device.h"
+#include "compute/device.h"
+#include "check.h"
 
 static const char *type_name(enum dev_type t) {
     switch (t) {
@@ -52,6 +53,8 @@ static void usage(FILE *f) {
     fprintf(f, "usage: diffusiond <command> [options]\n\n"
                "commands:\n"
                "  devices         list Vulkan devices and their capabilities\n"
+               "  check-fixtures DIR [--case NAME] [--fp16] [--validation]\n"
+               "                  compare every supported model with the reference outputs in DIR\n"
                "  bench-kernels   time the matmul and conv kernels against a plain C loop\n");
 }
 
@@ -63,6 +66,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (strcmp(argv[1], "devices") == 0) return cmd_devices();
+    if (strcmp(argv[1], "check-fixtures") == 0) return check_fixtures_main(argc - 1, argv + 1);
 
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
         usage(stdout);

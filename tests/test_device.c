@@ -186,6 +186,45 @@ static void test_alloc_limit(void **state) {
     tu_check_validation(d);
 }
 
+/* Embedding lookup, fp32 and fp16 tables, with an out-of-range id. */
+static void embed(enum dtype dt) {
+    struct device *d = tu_device();
+    struct cg_graph *g;
+    assert_int_equal(cg_create(&g), DF_OK);
+    int64_t v = 53, dim = 37;
+    float *table = tu_random((size_t)(v * dim), 5, -2, 2);
+    if (dt == DT_F16) tu_round_f16(table, (size_t)(v * dim));
+    struct buf *tb;
+    struct cg_tensor *t = tu_weight(g, d, table, dt, 2, (int64_t[]){v, dim}, &tb);
+    int64_t ne[2] = {3, 7};
+    struct cg_tensor *ids = cg_input(g, "ids", 2, ne);
+    struct cg_tensor *y = cg_embed(g, t, ids);
+    float idv[21], *out = malloc(21 * (size_t)dim * 4);
+    for (int i = 0; i < 21; i++) idv[i] = (float)((i * 17) % v);
+    idv[20] = (float)v; /* out of range: zero row */
+    const float *data[] = {idv};
+    tu_run(d, g, 1, &ids, data, y, out);
+    for (int i = 0; i < 21; i++)
+        for (int j = 0; j < dim; j++) {
+            float want = i == 20 ? 0.0f : table[(int)idv[i] * dim + j];
+            assert_true(out[i * dim + j] == want);
+        }
+    free(table);
+    free(out);
+    buf_destroy(tb);
+    cg_destroy(g);
+}
+
+static void test_embed_f32(void **state) {
+    (void)state;
+    embed(DT_F32);
+}
+
+static void test_embed_f16(void **state) {
+    (void)state;
+    embed(DT_F16);
+}
+
 static int teardown(void **state) {
     (void)state;
     tu_release_devices();
@@ -204,6 +243,8 @@ int main(void) {
         cmocka_unit_test(test_replay),
         cmocka_unit_test(test_arena_too_small),
         cmocka_unit_test(test_alloc_limit),
+        cmocka_unit_test(test_embed_f32),
+        cmocka_unit_test(test_embed_f16),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);
 }

@@ -1,0 +1,161 @@
+/* clip: CLIP text transformer: pre-LN, causal self-attention, MLP. */
+#include "clip.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static df_status take(struct weights *w, struct wt *out, const char *fmt, int layer, int ndim, int64_t a, int64_t b) {
+    char name[256];
+    snprintf(name, sizeof name, fmt, layer);
+    int64_t ne[2] = {a, b};
+    return wts_take(w, name, ndim, ne, out);
+}
+
+df_status clip_infer_config(const struct weights *w, struct clip_config *cfg) {
+    int nd;
+    int64_t ne[CG_MAX_DIMS];
+    memset(cfg, 0, sizeof *cfg);
+    if (!wts_has(w, "text_model.embeddings.token_embedding.weight", &nd, ne) || nd != 2)
+        return df_error(DF_EFORMAT, "missing tensor \"text_model.embeddings.token_embedding.weight\"");
+    cfg->vocab_size = (int)ne[0];
+    cfg->hidden_size = (int)ne[1];
+    if (!wts_has(w, "text_model.embeddings.position_embedding.weight", &nd, ne) || nd != 2)
+        return df_error(DF_EFORMAT, "missing tensor \"text_model.embeddings.position_embedding.weight\"");
+    cfg->max_position_embeddings = (int)ne[0];
+    if (!wts_has(w, "text_model.encoder.layers.0.mlp.fc1.weight", &nd, ne) || nd != 2)
+        return df_error(DF_EFORMAT, "missing tensor \"text_model.encoder.layers.0.mlp.fc1.weight\"");
+    cfg->intermediate_size = (int)ne[0];
+    char name[128];
+    for (;; cfg->num_hidden_layers++) {
+        snprintf(name, sizeof name, "text_model.encoder.layers.%d.mlp.fc1.weight", cfg->num_hidden_layers);
+        if (!wts_has(w, name, NULL, NULL)) break;
+    }
+    cfg->num_attention_heads = cfg->hidden_size >= 64 ? cfg->hidden_size / 64 : 1;
+    /* OpenCLIP-G (SDXL's second encoder) is the one released CLIP with an
+     * erf GELU; it is also the only 1280-wide one */
+    cfg->hidden_act = cfg->hidden_size == 1280 ? CLIP_GELU : CLIP_QUICK_GELU;
+    cfg->layer_norm_eps = 1e-5f;
+    if (wts_has(w, "text_projection.weight", &nd, ne) && nd == 2) {
+        cfg->has_projection = true;
+        cfg->projection_dim = (int)ne[0];
+    }
+    return DF_OK;
+}
+
+#define TRY(x) do { df_status st_ = (x); if (st_ != DF_OK) return st_; } while (0)
+
+static df_status load_layer(struct weights *w, const struct clip_config *c, int i, struct clip_layer_weights *l) {
+    int64_t d = c->hidden_size, f = c->intermediate_size;
+    const char *p = "text_model.encoder.layers.%d.";
+    char fmt[160];
+#define T(field, suffix, nd, a, b) \
+    (snprintf(fmt, sizeof fmt, "%s%s", p, suffix), take(w, &l->field, fmt, i, nd, a, b))
+    TRY(T(layer_norm1_weight, "layer_norm1.weight", 1, d, 0));
+    TRY(T(layer_norm1_bias, "layer_norm1.bias", 1, d, 0));
+    TRY(T(self_attn.q_proj_weight, "self_attn.q_proj.weight", 2, d, d));
+    TRY(T(self_attn.q_proj_bias, "self_attn.q_proj.bias", 1, d, 0));
+    TRY(T(self_attn.k_proj_weight, "self_attn.k_proj.weight", 2, d, d));
+    TRY(T(self_attn.k_proj_bias, "self_attn.k_proj.bias", 1, d, 0));
+    TRY(T(self_attn.v_proj_weight, "self_attn.v_proj.weight", 2, d, d));
+    TRY(T(self_attn.v_proj_bias, "self_attn.v_proj.bias", 1, d, 0));
+    TRY(T(self_attn.out_proj_weight, "self_attn.out_proj.weight", 2, d, d));
+    TRY(T(self_attn.out_proj_bias, "self_attn.out_proj.bias", 1, d, 0));
+    TRY(T(layer_norm2_weight, "layer_norm2.weight", 1, d, 0));
+    TRY(T(layer_norm2_bias, "layer_norm2.bias", 1, d, 0));
+    TRY(T(mlp.fc1_weight, "mlp.fc1.weight", 2, f, d));
+    TRY(T(mlp.fc1_bias, "mlp.fc1.bias", 1, f, 0));
+    TRY(T(mlp.fc2_weight, "mlp.fc2.weight", 2, d, f));
+    TRY(T(mlp.fc2_bias, "mlp.fc2.bias", 1, d, 0));
+#undef T
+    return DF_OK;
+}
+
+df_status clip_load(struct weights *w, const struct clip_config *cfg, struct clip_model *out) {
+    memset(out, 0, sizeof *out);
+    out->cfg = *cfg;
+    if (cfg->hidden_size <= 0 || cfg->num_attention_heads <= 0 || cfg->hidden_size % cfg->num_attention_heads ||
+        cfg->num_hidden_layers <= 0)
+        return df_error(DF_EINVAL, "CLIP config: hidden %d, heads %d, layers %d", cfg->hidden_size,
+                        cfg->num_attention_heads, cfg->num_hidden_layers);
+    int64_t d = cfg->hidden_size;
+    TRY(take(w, &out->token_embedding, "text_model.embeddings.token_embedding.weight", 0, 2, cfg->vocab_size, d));
+    TRY(take(w, &out->position_embedding, "text_model.embeddings.position_embedding.weight", 0, 2,
+             cfg->max_position_embeddings, d));
+    out->layers = calloc((size_t)cfg->num_hidden_layers, sizeof *out->layers);
+    if (!out->layers) return df_error(DF_ENOMEM, "out of memory");
+    for (int i = 0; i < cfg->num_hidden_layers; i++) TRY(load_layer(w, cfg, i, &out->layers[i]));
+    TRY(take(w, &out->final_layer_norm_weight, "text_model.final_layer_norm.weight", 0, 1, d, 0));
+    TRY(take(w, &out->final_layer_norm_bias, "text_model.final_layer_norm.bias", 0, 1, d, 0));
+    if (cfg->has_projection) TRY(take(w, &out->text_projection, "text_projection.weight", 0, 2, cfg->projection_dim, d));
+    return DF_OK;
+}
+
+void clip_free(struct clip_model *m) {
+    free(m->layers);
+    m->layers = NULL;
+}
+
+static struct cg_tensor *linear(struct cg_graph *g, struct cg_tensor *x, const struct wt *w, const struct wt *b) {
+    return cg_linear(g, x, wt_tensor(g, w), wt_tensor(g, b));
+}
+
+/* CLIPAttention: causal self-attention, q scaled by head_dim^-0.5. */
+static struct cg_tensor *attention(struct cg_graph *g, const struct clip_config *c,
+                                   const struct clip_attention_weights *w, struct cg_tensor *x) {
+    struct cg_tensor *q = linear(g, x, &w->q_proj_weight, &w->q_proj_bias); /* [B, T, D] */
+    struct cg_tensor *k = linear(g, x, &w->k_proj_weight, &w->k_proj_bias);
+    struct cg_tensor *v = linear(g, x, &w->v_proj_weight, &w->v_proj_bias);
+    float scale = 1.0f / sqrtf((float)(c->hidden_size / c->num_attention_heads));
+    struct cg_tensor *a = cg_attention(g, q, k, v, c->num_attention_heads, scale, true); /* [B, T, D] */
+    return linear(g, a, &w->out_proj_weight, &w->out_proj_bias);
+}
+
+/* CLIPMLP: fc1 -> activation -> fc2. */
+static struct cg_tensor *mlp(struct cg_graph *g, const struct clip_config *c, const struct clip_mlp_weights *w,
+                             struct cg_tensor *x) {
+    struct cg_tensor *h = linear(g, x, &w->fc1_weight, &w->fc1_bias); /* [B, T, F] */
+    h = cg_unary(g, c->hidden_act == CLIP_GELU ? CG_GELU_ERF : CG_QUICK_GELU, h, 1, 0);
+    return linear(g, h, &w->fc2_weight, &w->fc2_bias); /* [B, T, D] */
+}
+
+/* CLIPEncoderLayer: pre-LN residual blocks. */
+static struct cg_tensor *encoder_layer(struct cg_graph *g, const struct clip_config *c,
+                                       const struct clip_layer_weights *l, struct cg_tensor *x) {
+    struct cg_tensor *h = cg_layernorm(g, x, wt_tensor(g, &l->layer_norm1_weight), wt_tensor(g, &l->layer_norm1_bias),
+                                       c->layer_norm_eps);
+    x = cg_add(g, x, attention(g, c, &l->self_attn, h));
+    h = cg_layernorm(g, x, wt_tensor(g, &l->layer_norm2_weight), wt_tensor(g, &l->layer_norm2_bias), c->layer_norm_eps);
+    return cg_add(g, x, mlp(g, c, &l->mlp, h));
+}
+
+struct cg_tensor *clip_final_norm(struct cg_graph *g, const struct clip_model *m, struct cg_tensor *x) {
+    return cg_layernorm(g, x, wt_tensor(g, &m->final_layer_norm_weight), wt_tensor(g, &m->final_layer_norm_bias),
+                        m->cfg.layer_norm_eps);
+}
+
+df_status clip_forward(struct cg_graph *g, const struct clip_model *m, struct cg_tensor *input_ids,
+                       struct cg_tensor *eos_rows, struct clip_outputs *out) {
+    const struct clip_config *c = &m->cfg;
+    memset(out, 0, sizeof *out);
+    if (!input_ids || input_ids->ndim != 2 || input_ids->ne[1] > c->max_position_embeddings)
+        return df_error(DF_EINVAL, "CLIP input ids must be [B, T<=%d]", c->max_position_embeddings);
+    int64_t b = input_ids->ne[0], t = input_ids->ne[1], d = c->hidden_size;
+    struct cg_tensor *x = cg_embed(g, wt_tensor(g, &m->token_embedding), input_ids); /* [B, T, D] */
+    struct cg_tensor *pos = cg_slice0(g, wt_tensor(g, &m->position_embedding), 0, t); /* [T, D] */
+    x = cg_add(g, x, pos);
+    for (int i = 0; i < c->num_hidden_layers; i++) {
+        if (i == c->num_hidden_layers - 1) out->penultimate = x;
+        x = encoder_layer(g, c, &m->layers[i], x);
+    }
+    if (c->num_hidden_layers == 1) out->penultimate = NULL;
+    out->last_hidden_state = clip_final_norm(g, m, x);
+    if (eos_rows) {
+        struct cg_tensor *flat = cg_reshape(g, out->last_hidden_state, 2, (int64_t[]){b * t, d});
+        out->pooled = cg_embed(g, flat, eos_rows); /* [B, D] */
+        if (c->has_projection)
+            out->text_embeds = cg_linear(g, out->pooled, wt_tensor(g, &m->text_projection), NULL); /* [B, P] */
+    }
+    return cg_status(g);
+}

@@ -1,0 +1,70 @@
+/* clip: the CLIP text transformer (transformers CLIPTextModel /
+ * CLIPTextModelWithProjection), as SD1.x, SDXL and SD3 use it. */
+#ifndef DF_CLIP_H
+#define DF_CLIP_H
+
+#include "compute/graph.h"
+#include "weights.h"
+
+enum clip_act { CLIP_QUICK_GELU, CLIP_GELU };
+
+struct clip_config {
+    int vocab_size;          /* 49408 */
+    int hidden_size;         /* 768 (L), 1280 (G) */
+    int intermediate_size;
+    int num_hidden_layers;
+    int num_attention_heads;
+    int max_position_embeddings; /* 77 */
+    enum clip_act hidden_act;
+    float layer_norm_eps;
+    bool has_projection;     /* text_projection (CLIPTextModelWithProjection) */
+    int projection_dim;
+};
+
+struct clip_attention_weights { /* CLIPAttention */
+    struct wt q_proj_weight, q_proj_bias, k_proj_weight, k_proj_bias;
+    struct wt v_proj_weight, v_proj_bias, out_proj_weight, out_proj_bias;
+};
+
+struct clip_mlp_weights { /* CLIPMLP */
+    struct wt fc1_weight, fc1_bias, fc2_weight, fc2_bias;
+};
+
+struct clip_layer_weights { /* CLIPEncoderLayer */
+    struct wt layer_norm1_weight, layer_norm1_bias;
+    struct clip_attention_weights self_attn;
+    struct wt layer_norm2_weight, layer_norm2_bias;
+    struct clip_mlp_weights mlp;
+};
+
+struct clip_model {
+    struct clip_config cfg;
+    struct wt token_embedding, position_embedding;
+    struct clip_layer_weights *layers;
+    struct wt final_layer_norm_weight, final_layer_norm_bias;
+    struct wt text_projection;
+};
+
+/* Config from the weights' shapes (heads = hidden/64, the width of every
+ * released CLIP head), for checkpoints that come without a config. */
+df_status clip_infer_config(const struct weights *w, struct clip_config *cfg);
+/* Takes the weights named as transformers does ("text_model.*",
+ * "text_projection.weight"). */
+df_status clip_load(struct weights *w, const struct clip_config *cfg, struct clip_model *out);
+void clip_free(struct clip_model *m);
+
+struct clip_outputs {
+    struct cg_tensor *last_hidden_state; /* final_layer_norm(last layer) [B, T, D] */
+    struct cg_tensor *penultimate;       /* output of layer N-1, no norm [B, T, D] */
+    struct cg_tensor *pooled;            /* last_hidden_state at eos_rows [B, D] */
+    struct cg_tensor *text_embeds;       /* text_projection(pooled) [B, P], or NULL */
+};
+
+/* input_ids [B, T] (ids as floats); eos_rows [B] = b*T + position of the
+ * first end-of-text token (argmax of the ids), computed by the caller. */
+df_status clip_forward(struct cg_graph *g, const struct clip_model *m, struct cg_tensor *input_ids,
+                       struct cg_tensor *eos_rows, struct clip_outputs *out);
+/* final_layer_norm(x): SD1.x "clip skip" applies it to the penultimate. */
+struct cg_tensor *clip_final_norm(struct cg_graph *g, const struct clip_model *m, struct cg_tensor *x);
+
+#endif
