@@ -183,8 +183,8 @@ static df_status st_parse_tensor(const char *name, const json_t *e,
     uint64_t end = (uint64_t)json_integer_value(json_array_get(off, 1));
     if (begin > end)
         return df_error(DF_EFORMAT,
-                        "tensor " ST_NAME_FMT ": data_offsets [%llu, %llu] end "
-                        "before they begin", ST_NAME(name), (unsigned long long)begin,
+                        "tensor " ST_NAME_FMT ": data_offsets [%llu, %llu]: end "
+                        "before begin", ST_NAME(name), (unsigned long long)begin,
                         (unsigned long long)end);
     if (end > data_len)
         return df_error(DF_EFORMAT,
@@ -478,10 +478,13 @@ static float st_half_to_float(uint16_t h) {
     uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
     if (exp == 0x1f) {
         bits = sign | 0x7f800000u | mant << 13; /* inf, nan keeps payload */
-    } else if (exp == 0) {
-        float v = (float)mant * 0x1p-24f; /* subnormal or zero, exact */
-        memcpy(&bits, &v, sizeof bits);
-        bits |= sign;
+    } else if (exp == 0 && mant == 0) {
+        bits = sign;
+    } else if (exp == 0) { /* subnormal half: a normal float once normalised */
+        uint32_t e = 113;
+        for (; !(mant & 0x400u); mant <<= 1)
+            e--;
+        bits = sign | e << 23 | (mant & 0x3ffu) << 13;
     } else {
         bits = sign | (exp + 112u) << 23 | mant << 13; /* rebias 15 -> 127 */
     }

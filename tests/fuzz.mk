@@ -42,10 +42,12 @@ $(BUILD)/safetensors.dict: tests/fuzz.mk
 	    '"\\u0000"' '"9223372036854775807"' '"4294967296"' '"-1"' '"1.5"' \
 	    '"[0,0]"' '"[]"' '"{}"' > $@
 
-# Replaces the committed corpus by a minimal set covering it plus the
-# scratch finds (libFuzzer -merge=1 keeps only inputs that add coverage).
+# Rebuilds the committed corpus: the hand-made seeds (named files, kept
+# as-is) plus, from the committed finds and the scratch run, only inputs that
+# add coverage (libFuzzer -merge=1 names those by SHA-1).
 minimize: $(FUZZER)
 	rm -rf $(BUILD)/merged && mkdir -p $(BUILD)/merged $(SCRATCH)
+	find $(CORPUS) -regextype posix-extended -type f ! -regex '.*/[0-9a-f]{40}' -exec cp {} $(BUILD)/merged/ \;
 	$(FUZZER) -merge=1 -max_len=4096 $(BUILD)/merged $(CORPUS) $(SCRATCH)
 	rm -f $(CORPUS)/* && cp $(BUILD)/merged/* $(CORPUS)/
 	@echo "$(CORPUS): $$(ls $(CORPUS) | wc -l) files, $$(du -sh $(CORPUS) | cut -f1)"

@@ -349,7 +349,7 @@ static const struct stt_bad stt_bad_cases[] = {
      112, {"tensor \"down.0.weight\": data_offsets [0, 96] hold 96 bytes but "
            "shape [4, 7] of F32 needs 112", NULL}},
     {"{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,4]}}", 8,
-     {"\"w\"", "[8, 4] end before"}},
+     {"\"w\"", "[8, 4]: end before begin"}},
     {"{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 7,
      {"\"w\"", "beyond the 7-byte data section"}},
     {"{\"w\":{\"dtype\":\"F32\",\"shape\":[1]}}", 4, {"\"w\"", "missing data_offsets"}},
