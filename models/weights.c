@@ -25,6 +25,7 @@ struct weights {
     struct buf **blocks;
     int nblocks;
     uint64_t block_used, block_size;
+    uint64_t pending;   /* bytes still to upload in this wts_load, to size blocks */
     uint64_t device_bytes;
     int64_t params;
 };
@@ -110,7 +111,9 @@ static df_status reserve(struct weights *w, uint64_t bytes, struct buf **b, uint
         if (!blocks) return df_error(DF_ENOMEM, "out of memory");
         w->blocks = blocks;
         struct buf *nb;
-        df_status st = buf_create(w->dev, own ? need : w->block_size, &nb);
+        /* a small model gets a block its size, not a whole 256 MiB */
+        uint64_t size = own ? need : w->pending < w->block_size ? (w->pending > need ? w->pending : need) : w->block_size;
+        df_status st = buf_create(w->dev, size, &nb);
         if (st != DF_OK) return st;
         /* keep filling the current block after a dedicated buffer */
         if (own && w->nblocks) {
@@ -125,12 +128,14 @@ static df_status reserve(struct weights *w, uint64_t bytes, struct buf **b, uint
         if (own) {
             *b = nb;
             *offset = 0;
+            w->pending = w->pending > need ? w->pending - need : 0;
             return DF_OK;
         }
     }
     *b = w->blocks[w->nblocks - 1];
     *offset = w->block_used;
     w->block_used += need;
+    w->pending = w->pending > need ? w->pending - need : 0;
     return DF_OK;
 }
 
@@ -219,6 +224,14 @@ static void rename_key(const char *name, const struct wts_rename *r, int n, char
 df_status wts_load(struct weights *w, const struct st_file *f, const char *prefix,
                    const struct wts_rename *renames, int n) {
     size_t plen = prefix ? strlen(prefix) : 0;
+    w->pending = 0;
+    for (size_t i = 0; i < st_count(f); i++) {
+        const struct st_tensor *t = st_at(f, i);
+        if ((!plen || strncmp(t->name, prefix, plen) == 0) && is_float(t->dtype) && t->numel > 0) {
+            uint64_t bytes = (uint64_t)t->numel * (w->prec == WTS_F16 && t->ndim >= 2 ? 2 : 4);
+            w->pending += (bytes + 3 + ALIGN - 1) / ALIGN * ALIGN;
+        }
+    }
     for (size_t i = 0; i < st_count(f); i++) {
         const struct st_tensor *t = st_at(f, i);
         if (plen && strncmp(t->name, prefix, plen) != 0) continue;

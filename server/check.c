@@ -14,6 +14,8 @@ static const struct {
     check_fn fn;
 } checks[] = {
     {"CLIPTextModel", check_clip_text},
+    {"UNet2DConditionModel", check_unet},
+    {"AutoencoderKL", check_vae},
 };
 
 int check_config_int(const json_t *config, const char *key, int def) {
