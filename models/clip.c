@@ -13,6 +13,29 @@ static df_status take(struct weights *w, struct wt *out, const char *fmt, int la
     return wts_take(w, name, ndim, ne, out);
 }
 
+static int cfg_int(const json_t *j, const char *key, int def) {
+    const json_t *v = json_object_get(j, key);
+    return json_is_integer(v) ? (int)json_integer_value(v) : def;
+}
+
+df_status clip_config_from_json(const json_t *j, struct clip_config *c) {
+    memset(c, 0, sizeof *c);
+    c->vocab_size = cfg_int(j, "vocab_size", 49408);
+    c->hidden_size = cfg_int(j, "hidden_size", 768);
+    c->intermediate_size = cfg_int(j, "intermediate_size", 3072);
+    c->num_hidden_layers = cfg_int(j, "num_hidden_layers", 12);
+    c->num_attention_heads = cfg_int(j, "num_attention_heads", 12);
+    c->max_position_embeddings = cfg_int(j, "max_position_embeddings", 77);
+    const json_t *eps = json_object_get(j, "layer_norm_eps");
+    c->layer_norm_eps = json_is_number(eps) ? (float)json_number_value(eps) : 1e-5f;
+    const char *act = json_string_value(json_object_get(j, "hidden_act"));
+    if (!act || strcmp(act, "quick_gelu") == 0) c->hidden_act = CLIP_QUICK_GELU;
+    else if (strcmp(act, "gelu") == 0) c->hidden_act = CLIP_GELU;
+    else return df_error(DF_EUNSUPPORTED, "CLIP activation %s", act);
+    c->projection_dim = cfg_int(j, "projection_dim", 0);
+    return DF_OK;
+}
+
 df_status clip_infer_config(const struct weights *w, struct clip_config *cfg) {
     int nd;
     int64_t ne[CG_MAX_DIMS];

@@ -3,6 +3,8 @@
 #ifndef DF_CLIP_H
 #define DF_CLIP_H
 
+#include <jansson.h>
+
 #include "compute/graph.h"
 #include "weights.h"
 
@@ -48,6 +50,9 @@ struct clip_model {
 /* Config from the weights' shapes (heads = hidden/64, the width of every
  * released CLIP head), for checkpoints that come without a config. */
 df_status clip_infer_config(const struct weights *w, struct clip_config *cfg);
+/* Config from a transformers CLIPTextConfig dict (text_encoder/config.json);
+ * missing keys take CLIP ViT-L/14's values. */
+df_status clip_config_from_json(const json_t *j, struct clip_config *cfg);
 /* Takes the weights named as transformers does ("text_model.*",
  * "text_projection.weight"). */
 df_status clip_load(struct weights *w, const struct clip_config *cfg, struct clip_model *out);

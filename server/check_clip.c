@@ -9,26 +9,9 @@
 
 #define EOS_ID 49407
 
-static df_status config_from_json(const json_t *j, struct clip_config *c) {
-    memset(c, 0, sizeof *c);
-    c->vocab_size = check_config_int(j, "vocab_size", 49408);
-    c->hidden_size = check_config_int(j, "hidden_size", 0);
-    c->intermediate_size = check_config_int(j, "intermediate_size", 0);
-    c->num_hidden_layers = check_config_int(j, "num_hidden_layers", 0);
-    c->num_attention_heads = check_config_int(j, "num_attention_heads", 0);
-    c->max_position_embeddings = check_config_int(j, "max_position_embeddings", 77);
-    c->layer_norm_eps = (float)check_config_real(j, "layer_norm_eps", 1e-5);
-    const char *act = json_string_value(json_object_get(j, "hidden_act"));
-    if (!act || strcmp(act, "quick_gelu") == 0) c->hidden_act = CLIP_QUICK_GELU;
-    else if (strcmp(act, "gelu") == 0) c->hidden_act = CLIP_GELU;
-    else return df_error(DF_EUNSUPPORTED, "CLIP activation %s", act);
-    c->projection_dim = check_config_int(j, "projection_dim", 0);
-    return DF_OK;
-}
-
 df_status check_clip_text(struct check_ctx *ctx, struct check_case *c) {
     struct clip_config cfg;
-    df_status st = config_from_json(json_object_get(c->json, "config"), &cfg);
+    df_status st = clip_config_from_json(json_object_get(c->json, "config"), &cfg);
     if (st != DF_OK) return st;
     cfg.has_projection = st_find(c->file, "text_projection.weight") != NULL;
     struct weights *w = NULL;

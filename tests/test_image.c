@@ -20,7 +20,7 @@
 
 #include "../server/image.h"
 #include "../server/infotext.h"
-#include "../server/sha256.h"
+#include "../models/sha256.h"
 
 #define TIMG_NO_LIMIT ((size_t)1 << 40)
 
