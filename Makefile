@@ -57,6 +57,13 @@ $(GEN_SRC): $(SPV_HDRS) Makefile | $(BUILD)/gen
 	   echo '};'; \
 	   echo 'const size_t shader_blob_count = sizeof shader_blobs / sizeof shader_blobs[0];'; } > $@
 
+# The CLIP BPE vocabulary ships inside the binary (MIT, models/data/LICENSE-CLIP).
+VOCAB := models/data/bpe_simple_vocab_16e6.txt.gz
+$(BUILD)/gen/vocab.S: $(VOCAB) Makefile | $(BUILD)/gen
+	@printf '%s\n' '	.section .rodata' '	.global clip_vocab_gz' '	.global clip_vocab_gz_end' \
+	    '	.balign 16' 'clip_vocab_gz:' '	.incbin "$(abspath $(VOCAB))"' 'clip_vocab_gz_end:' \
+	    '	.section .note.GNU-stack,"",@progbits' > $@
+
 $(BUILD)/spv $(BUILD)/gen:
 	@mkdir -p $@
 
@@ -66,13 +73,16 @@ define objects
 $(1)/obj/%.o: %.c
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(WFLAGS) $$(CFLAGS) $(2) -c -o $$@ $$<
+$(1)/obj/gen/vocab.o: $(BUILD)/gen/vocab.S $(VOCAB)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(CFLAGS) $(2) -c -o $$@ $$<
 $(1)/obj/gen/shaders.o: $(GEN_SRC)
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(WFLAGS) $$(CFLAGS) $(2) -I$(BUILD)/spv -Wno-unused-const-variable -c -o $$@ $$<
 endef
 $(eval $(call objects,$(BUILD),))
 
-LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/shaders.o
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/shaders.o $(BUILD)/obj/gen/vocab.o
 UTIL_OBJ := $(TEST_UTIL:%.c=$(BUILD)/obj/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 

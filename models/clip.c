@@ -99,7 +99,7 @@ df_status clip_load(struct weights *w, const struct clip_config *cfg, struct cli
     memset(out, 0, sizeof *out);
     out->cfg = *cfg;
     if (cfg->hidden_size <= 0 || cfg->num_attention_heads <= 0 || cfg->hidden_size % cfg->num_attention_heads ||
-        cfg->num_hidden_layers <= 0)
+        cfg->num_hidden_layers <= 0 || cfg->num_hidden_layers > CLIP_MAX_LAYERS)
         return df_error(DF_EINVAL, "CLIP config: hidden %d, heads %d, layers %d", cfg->hidden_size,
                         cfg->num_attention_heads, cfg->num_hidden_layers);
     int64_t d = cfg->hidden_size;
@@ -168,9 +168,11 @@ df_status clip_forward(struct cg_graph *g, const struct clip_model *m, struct cg
     struct cg_tensor *x = cg_embed(g, wt_tensor(g, &m->token_embedding), input_ids); /* [B, T, D] */
     struct cg_tensor *pos = cg_slice0(g, wt_tensor(g, &m->position_embedding), 0, t); /* [T, D] */
     x = cg_add(g, x, pos);
+    out->hidden_states[0] = x;
     for (int i = 0; i < c->num_hidden_layers; i++) {
         if (i == c->num_hidden_layers - 1) out->penultimate = x;
         x = encoder_layer(g, c, &m->layers[i], x);
+        out->hidden_states[i + 1] = x;
     }
     if (c->num_hidden_layers == 1) out->penultimate = NULL;
     out->last_hidden_state = clip_final_norm(g, m, x);

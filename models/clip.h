@@ -8,6 +8,8 @@
 #include "compute/graph.h"
 #include "weights.h"
 
+#define CLIP_MAX_LAYERS 64
+
 enum clip_act { CLIP_QUICK_GELU, CLIP_GELU };
 
 struct clip_config {
@@ -63,6 +65,9 @@ struct clip_outputs {
     struct cg_tensor *penultimate;       /* output of layer N-1, no norm [B, T, D] */
     struct cg_tensor *pooled;            /* last_hidden_state at eos_rows [B, D] */
     struct cg_tensor *text_embeds;       /* text_projection(pooled) [B, P], or NULL */
+    /* hidden_states[k]: output of layer k (0 = embeddings), no final norm;
+     * A1111's "clip skip" n uses final_layer_norm(hidden_states[N+1-n]) */
+    struct cg_tensor *hidden_states[CLIP_MAX_LAYERS + 1];
 };
 
 /* input_ids [B, T] (ids as floats); eos_rows [B] = b*T + position of the
