@@ -13,6 +13,7 @@ static const struct {
     const char *component;
     check_fn fn;
 } checks[] = {
+    {"CLIPTokenizer", check_tokenizer},
     {"CLIPTextModel", check_clip_text},
     {"UNet2DConditionModel", check_unet},
     {"AutoencoderKL", check_vae},
