@@ -17,6 +17,7 @@ struct cg_graph {
     df_status status;
     char message[512];
     bool planned;
+    uint64_t arena_bytes; /* valid once planned */
 };
 
 df_status cg_create(struct cg_graph **out) {
@@ -104,6 +105,7 @@ static struct cg_tensor *new_tensor(struct cg_graph *g, enum cg_kind kind, enum 
 
 static struct cg_op *new_op(struct cg_graph *g, enum cg_op_type type, struct cg_tensor *dst) {
     if (g->status != DF_OK || !dst) return NULL;
+    if (g->planned) return fail(g, DF_EINVAL, "op %s recorded after cg_plan", cg_op_name(type));
     if (g->nops == g->cap_ops) {
         int cap = g->cap_ops ? g->cap_ops * 2 : 64;
         struct cg_op *p = realloc(g->ops, (size_t)cap * sizeof *p);
@@ -509,7 +511,11 @@ static uint64_t place(struct block *live, int *nlive, uint64_t size, int last_op
 
 df_status cg_plan(struct cg_graph *g, uint64_t *arena_bytes) {
     if (g->status != DF_OK) return cg_status(g);
-    if (g->planned) return df_error(DF_EINVAL, "cg_plan called twice");
+    if (g->planned) {
+        /* recording ended at the first plan; later calls just report it */
+        *arena_bytes = g->arena_bytes;
+        return DF_OK;
+    }
     int end = g->nops;
     for (int i = 0; i < g->ntensors; i++) {
         struct cg_tensor *t = g->tensors[i];
@@ -553,6 +559,7 @@ df_status cg_plan(struct cg_graph *g, uint64_t *arena_bytes) {
     }
     free(live);
     g->planned = true;
+    g->arena_bytes = peak;
     *arena_bytes = peak;
     return DF_OK;
 }

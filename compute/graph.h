@@ -163,7 +163,8 @@ struct cg_tensor *cg_embed(struct cg_graph *g, struct cg_tensor *table, struct c
 
 /* ---- planning ----------------------------------------------------------- */
 /* Assigns arena offsets to inputs and intermediates; *arena_bytes is the
- * activation memory the pass needs. Call once, after recording. */
+ * activation memory the pass needs. Call after recording; a second call
+ * returns the same size (recording more ops after planning is an error). */
 df_status cg_plan(struct cg_graph *g, uint64_t *arena_bytes);
 
 int cg_op_count(const struct cg_graph *g);

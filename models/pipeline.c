@@ -1,0 +1,434 @@
+/* pipeline: prompt -> text embeddings -> sampler loop over one replayed
+ * UNet program -> VAE decode, with diffusers' order of random draws. */
+#include "pipeline.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "compute/program.h"
+
+#define CONTEXT 77
+#define PAD_ID 49407 /* SD1.x pads with the end token */
+
+/* One recorded pass and the tensors the host talks to. */
+struct pass {
+    struct cg_graph *g;
+    struct program *p;
+    struct cg_tensor *in[3];
+    struct cg_tensor *out;
+    uint64_t bytes;
+};
+
+/* What the recorded passes were built for; a request with the same key
+ * reuses them, so a steady stream of same-size requests records nothing. */
+struct pass_key {
+    const struct model *model;
+    int text_batch, unet_batch, latent_h, latent_w, clip_skip;
+    bool encode;
+};
+
+struct pipe_worker {
+    struct device *dev;
+    struct buf *arena;
+    struct pass_key key;
+    struct pass text, unet, decode, encode;
+};
+
+const char *pipe_stage_name(enum pipe_stage s) {
+    switch (s) {
+    case PIPE_QUEUED: return "queued";
+    case PIPE_TEXT: return "text_encoding";
+    case PIPE_ENCODE: return "image_encoding";
+    case PIPE_DENOISE: return "denoising";
+    case PIPE_DECODE: return "decoding";
+    case PIPE_DONE: return "done";
+    }
+    return "?";
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void pass_free(struct pass *p) {
+    prog_destroy(p->p);
+    cg_destroy(p->g);
+    memset(p, 0, sizeof *p);
+}
+
+static void passes_free(struct pipe_worker *w) {
+    pass_free(&w->text);
+    pass_free(&w->unet);
+    pass_free(&w->decode);
+    pass_free(&w->encode);
+    memset(&w->key, 0, sizeof w->key);
+}
+
+df_status pipe_worker_create(struct device *dev, struct pipe_worker **out) {
+    struct pipe_worker *w = calloc(1, sizeof *w);
+    if (!w) return df_error(DF_ENOMEM, "out of memory");
+    w->dev = dev;
+    *out = w;
+    return DF_OK;
+}
+
+void pipe_worker_destroy(struct pipe_worker *w) {
+    if (!w) return;
+    passes_free(w);
+    buf_destroy(w->arena);
+    free(w);
+}
+
+/* ---- recording ---------------------------------------------------------- */
+
+static df_status record_text(struct pass *p, const struct model *m, int batch, int clip_skip) {
+    df_status st = cg_create(&p->g);
+    if (st != DF_OK) return st;
+    p->in[0] = cg_input(p->g, "input_ids", 2, (int64_t[]){batch, CONTEXT});
+    struct clip_outputs o;
+    if ((st = clip_forward(p->g, &m->clip, p->in[0], NULL, &o)) != DF_OK) return st;
+    int layers = m->clip.cfg.num_hidden_layers;
+    /* A1111's clip skip n: final_layer_norm of the output n-1 layers from
+     * the end (diffusers' clip_skip = n - 1) */
+    p->out = clip_skip <= 1 ? o.last_hidden_state : clip_final_norm(p->g, &m->clip, o.hidden_states[layers + 1 - clip_skip]);
+    cg_output(p->g, p->out);
+    return cg_plan(p->g, &p->bytes);
+}
+
+static df_status record_unet(struct pass *p, const struct model *m, int batch, int h, int w) {
+    df_status st = cg_create(&p->g);
+    if (st != DF_OK) return st;
+    const struct unet_config *c = &m->unet.cfg;
+    p->in[0] = cg_input(p->g, "sample", 4, (int64_t[]){batch, c->in_channels, h, w});
+    p->in[1] = cg_input(p->g, "timestep", 1, (int64_t[]){batch});
+    p->in[2] = cg_input(p->g, "encoder_hidden_states", 3, (int64_t[]){batch, CONTEXT, c->cross_attention_dim});
+    struct unet_outputs o;
+    if ((st = unet_forward(p->g, &m->unet, p->in[0], p->in[1], p->in[2], NULL, &o)) != DF_OK) return st;
+    p->out = o.sample;
+    cg_output(p->g, p->out);
+    return cg_plan(p->g, &p->bytes);
+}
+
+static df_status record_decode(struct pass *p, const struct model *m, int h, int w) {
+    df_status st = cg_create(&p->g);
+    if (st != DF_OK) return st;
+    p->in[0] = cg_input(p->g, "latent", 4, (int64_t[]){1, m->vae.cfg.latent_channels, h, w});
+    if ((st = vae_decode(p->g, &m->vae, p->in[0], &p->out)) != DF_OK) return st;
+    cg_output(p->g, p->out);
+    return cg_plan(p->g, &p->bytes);
+}
+
+static df_status record_encode(struct pass *p, const struct model *m, int h, int w) {
+    df_status st = cg_create(&p->g);
+    if (st != DF_OK) return st;
+    int s = vae_scale(&m->vae.cfg);
+    p->in[0] = cg_input(p->g, "image", 4, (int64_t[]){1, m->vae.cfg.in_channels, h * s, w * s});
+    if ((st = vae_encode(p->g, &m->vae, p->in[0], &p->out)) != DF_OK) return st;
+    cg_output(p->g, p->out);
+    return cg_plan(p->g, &p->bytes);
+}
+
+/* Records (or reuses) every pass the request needs and sizes the arena for
+ * the largest: all device memory a job needs is claimed here, before any
+ * step runs, and a pass too large for the device fails here. */
+static df_status prepare(struct pipe_worker *w, const struct pass_key *key) {
+    if (memcmp(&w->key, key, sizeof *key) == 0 && w->unet.p) return DF_OK;
+    passes_free(w);
+    const struct model *m = key->model;
+    df_status st = record_text(&w->text, m, key->text_batch, key->clip_skip);
+    if (st == DF_OK) st = record_unet(&w->unet, m, key->unet_batch, key->latent_h, key->latent_w);
+    if (st == DF_OK) st = record_decode(&w->decode, m, key->latent_h, key->latent_w);
+    if (st == DF_OK && key->encode) st = record_encode(&w->encode, m, key->latent_h, key->latent_w);
+    if (st != DF_OK) goto fail;
+    uint64_t need = w->text.bytes;
+    struct pass *all[] = {&w->unet, &w->decode, &w->encode};
+    for (int i = 0; i < 3; i++)
+        if (all[i]->bytes > need) need = all[i]->bytes;
+    if (!w->arena || buf_size(w->arena) < need) {
+        buf_destroy(w->arena);
+        w->arena = NULL;
+        if ((st = buf_create(w->dev, need, &w->arena)) != DF_OK) {
+            st = df_error(st, "activations for %dx%d need %.1f MiB of device memory: %s", key->latent_w * 8,
+                          key->latent_h * 8, (double)need / (1 << 20), df_errmsg());
+            goto fail;
+        }
+    }
+    struct prog_options opt = {.arena = w->arena};
+    struct pass *passes[] = {&w->text, &w->unet, &w->decode, &w->encode};
+    for (int i = 0; i < 4; i++)
+        if (passes[i]->g && (st = prog_create(w->dev, passes[i]->g, &opt, &passes[i]->p)) != DF_OK) goto fail;
+    w->key = *key;
+    return DF_OK;
+fail:
+    passes_free(w);
+    return st;
+}
+
+/* ---- request ------------------------------------------------------------ */
+
+static df_status check_request(const struct model *m, const struct pipe_request *r) {
+    int s = vae_scale(&m->vae.cfg);
+    if (!r->prompt) return df_error(DF_EINVAL, "prompt: missing");
+    if (r->width < s || r->height < s || r->width % s || r->height % s)
+        return df_error(DF_EINVAL, "width/height: %dx%d is not a positive multiple of %d", r->width, r->height, s);
+    /* every UNet level halves the latent: it must stay an integer */
+    int align = s << (m->unet.cfg.levels - 1);
+    if (r->width % align || r->height % align)
+        return df_error(DF_EINVAL, "width/height: %dx%d must be multiples of %d for this model", r->width, r->height,
+                        align);
+    if (r->steps < 1 || r->steps > 1000) return df_error(DF_EINVAL, "steps: %d is outside 1..1000", r->steps);
+    if (r->batch < 1 || r->batch > 64) return df_error(DF_EINVAL, "n: %d is outside 1..64", r->batch);
+    if (!isfinite(r->cfg_scale) || r->cfg_scale < 0 || r->cfg_scale > 100)
+        return df_error(DF_EINVAL, "cfg_scale: %g is outside 0..100", r->cfg_scale);
+    if (r->clip_skip < 0 || r->clip_skip > m->clip.cfg.num_hidden_layers)
+        return df_error(DF_EINVAL, "clip_skip: %d is outside 1..%d", r->clip_skip, m->clip.cfg.num_hidden_layers);
+    if (r->seed < -1) return df_error(DF_EINVAL, "seed: %lld (use -1 for a random seed)", (long long)r->seed);
+    if (r->init_image) {
+        if (r->init_width != r->width || r->init_height != r->height)
+            return df_error(DF_EINVAL, "init_image: %dx%d, expected the requested %dx%d (resize it first)",
+                            r->init_width, r->init_height, r->width, r->height);
+        if (!(r->strength > 0 && r->strength <= 1))
+            return df_error(DF_EINVAL, "strength: %g is outside (0, 1]", r->strength);
+    }
+    return DF_OK;
+}
+
+static bool cancelled(const struct pipe_request *r) { return r->cancel && atomic_load(r->cancel); }
+
+static void progress(const struct pipe_request *r, enum pipe_stage stage, int step, int steps, double t0) {
+    if (r->progress) r->progress(r->progress_ctx, stage, step, steps, now() - t0);
+}
+
+/* Negative prompt first: diffusers concatenates [uncond, cond]. */
+static df_status encode_text(struct pipe_worker *w, const struct model *m, const struct pipe_request *r, bool cfg,
+                             float *embeds) {
+    float ids[2 * CONTEXT];
+    const char *texts[2] = {r->negative_prompt ? r->negative_prompt : "", r->prompt};
+    int first = cfg ? 0 : 1;
+    for (int i = first; i < 2; i++) {
+        int32_t tok[CONTEXT];
+        int count;
+        df_status st = tok_encode(m->tokenizer, texts[i], CONTEXT, PAD_ID, tok, &count);
+        if (st != DF_OK) return df_error(st, "%s: %s", i ? "prompt" : "negative_prompt", df_errmsg());
+        for (int j = 0; j < CONTEXT; j++) ids[(i - first) * CONTEXT + j] = (float)tok[j];
+    }
+    df_status st = prog_write(w->text.p, w->text.in[0], ids);
+    if (st == DF_OK) st = prog_run(w->text.p);
+    if (st == DF_OK) st = prog_read(w->text.p, w->text.out, embeds);
+    return st;
+}
+
+/* VAE encode of the init image -> posterior mean and log-variance. */
+static df_status encode_image(struct pipe_worker *w, const struct model *m, const struct pipe_request *r,
+                              float *mean, float *logvar) {
+    int64_t hw = (int64_t)r->width * r->height, c = m->vae.cfg.latent_channels;
+    float *chw = malloc((size_t)hw * 3 * sizeof *chw);
+    float *moments = malloc((size_t)cg_nbytes(w->encode.out));
+    df_status st = DF_OK;
+    if (!chw || !moments) st = df_error(DF_ENOMEM, "out of memory");
+    for (int64_t i = 0; st == DF_OK && i < hw; i++)
+        for (int ch = 0; ch < 3; ch++) chw[ch * hw + i] = 2.0f * r->init_image[i * 3 + ch] - 1.0f; /* [0,1] -> [-1,1] */
+    if (st == DF_OK) st = prog_write(w->encode.p, w->encode.in[0], chw);
+    if (st == DF_OK) st = prog_run(w->encode.p);
+    if (st == DF_OK) st = prog_read(w->encode.p, w->encode.out, moments);
+    if (st == DF_OK) vae_split_moments(moments, 1, c, w->encode.out->ne[2], w->encode.out->ne[3], mean, logvar);
+    free(chw);
+    free(moments);
+    return st;
+}
+
+static df_status decode_latent(struct pipe_worker *w, const struct model *m, const float *x, size_t n, float *hwc) {
+    const struct vae_config *v = &m->vae.cfg;
+    float *z = malloc(n * sizeof *z), *img = malloc((size_t)cg_nbytes(w->decode.out));
+    df_status st = DF_OK;
+    if (!z || !img) st = df_error(DF_ENOMEM, "out of memory");
+    for (size_t i = 0; st == DF_OK && i < n; i++) z[i] = x[i] / v->scaling_factor + v->shift_factor;
+    if (st == DF_OK) st = prog_write(w->decode.p, w->decode.in[0], z);
+    if (st == DF_OK) st = prog_run(w->decode.p);
+    if (st == DF_OK) st = prog_read(w->decode.p, w->decode.out, img);
+    if (st == DF_OK) {
+        /* VaeImageProcessor.postprocess: (x/2 + 0.5) clamped, NCHW -> NHWC */
+        int64_t hw = w->decode.out->ne[2] * w->decode.out->ne[3];
+        for (int64_t i = 0; i < hw; i++)
+            for (int ch = 0; ch < 3; ch++) {
+                float p = img[ch * hw + i] / 2 + 0.5f;
+                hwc[i * 3 + ch] = p < 0 ? 0 : p > 1 ? 1 : p;
+            }
+    }
+    free(z);
+    free(img);
+    return st;
+}
+
+struct run {
+    int n;                       /* images */
+    size_t latent;               /* floats per image latent */
+    struct rng **rng;
+    struct smp_sampler **smp;
+    float *x, *xin, *eps, *noise, *out;
+};
+
+static void run_free(struct run *r) {
+    for (int i = 0; i < r->n; i++) {
+        if (r->rng) rng_destroy(r->rng[i]);
+        if (r->smp) smp_destroy(r->smp[i]);
+    }
+    free(r->rng);
+    free(r->smp);
+    free(r->x);
+    free(r->xin);
+    free(r->eps);
+    free(r->noise);
+    free(r->out);
+}
+
+df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pipe_request *req,
+                        struct pipe_result *res) {
+    memset(res, 0, sizeof *res);
+    df_status st = check_request(m, req);
+    if (st != DF_OK) return st;
+    double t0 = now(), t;
+    dev_memory_reset_peak(w->dev);
+    bool cfg = req->cfg_scale > 1.0f;
+    int n = req->batch, s = vae_scale(&m->vae.cfg);
+    int lh = req->height / s, lw = req->width / s, lc = m->unet.cfg.in_channels;
+    struct pass_key key = {m, cfg ? 2 : 1, cfg ? 2 * n : n, lh, lw, req->clip_skip, req->init_image != NULL};
+    if ((st = prepare(w, &key)) != DF_OK) return st;
+
+    struct run r = {.n = n, .latent = (size_t)lc * lh * lw};
+    size_t D = (size_t)m->clip.cfg.hidden_size, ub = (size_t)key.unet_batch;
+    r.rng = calloc((size_t)n, sizeof *r.rng);
+    r.smp = calloc((size_t)n, sizeof *r.smp);
+    r.x = malloc((size_t)n * r.latent * sizeof(float));
+    r.xin = malloc(ub * r.latent * sizeof(float));
+    r.eps = malloc(r.latent * sizeof(float));
+    r.noise = malloc(r.latent * sizeof(float));
+    r.out = malloc(ub * r.latent * sizeof(float));
+    float *embeds = malloc(2 * CONTEXT * D * sizeof *embeds), *context = malloc(ub * CONTEXT * D * sizeof *context);
+    float *timesteps = malloc(ub * sizeof *timesteps), *mean = NULL, *logvar = NULL;
+    res->count = n;
+    res->width = req->width;
+    res->height = req->height;
+    res->seeds = calloc((size_t)n, sizeof *res->seeds);
+    res->images = malloc((size_t)n * req->width * req->height * 3 * sizeof(float));
+    res->latents = malloc((size_t)n * r.latent * sizeof(float));
+    if (!r.rng || !r.smp || !r.x || !r.xin || !r.eps || !r.noise || !r.out || !embeds || !context || !timesteps ||
+        !res->seeds || !res->images || !res->latents) {
+        st = df_error(DF_ENOMEM, "out of host memory");
+        goto done;
+    }
+    uint64_t seed = req->seed < 0 ? rng_random_seed() : (uint64_t)req->seed;
+
+    /* text */
+    progress(req, PIPE_TEXT, 0, 0, t0);
+    t = now();
+    if ((st = encode_text(w, m, req, cfg, embeds)) != DF_OK) goto done;
+    for (size_t b = 0; b < ub; b++) { /* [uncond x n, cond x n] */
+        size_t which = cfg ? (b < (size_t)n ? 0 : 1) : 0;
+        memcpy(context + b * CONTEXT * D, embeds + which * CONTEXT * D, CONTEXT * D * sizeof(float));
+    }
+    if ((st = prog_write(w->unet.p, w->unet.in[2], context)) != DF_OK) goto done;
+    res->seconds_text = now() - t;
+    if (cancelled(req)) { st = df_error(DF_ECANCELLED, "cancelled"); goto done; }
+
+    /* samplers and generators: image i has its own, seeded seed + i */
+    struct smp_config sc = m->scheduler;
+    if (req->schedule != SMP_SCHEDULE_DEFAULT) sc.schedule = req->schedule;
+    for (int i = 0; i < n; i++) {
+        res->seeds[i] = seed + (uint64_t)i;
+        if ((st = rng_create(req->rng, res->seeds[i], &r.rng[i])) != DF_OK) goto done;
+        if ((st = smp_create(req->sampler, &sc, req->steps, &r.smp[i])) != DF_OK) goto done;
+    }
+    if (req->init_image) {
+        progress(req, PIPE_ENCODE, 0, 0, t0);
+        t = now();
+        mean = malloc(r.latent * sizeof *mean);
+        logvar = malloc(r.latent * sizeof *logvar);
+        if (!mean || !logvar) { st = df_error(DF_ENOMEM, "out of host memory"); goto done; }
+        if ((st = encode_image(w, m, req, mean, logvar)) != DF_OK) goto done;
+        const struct vae_config *v = &m->vae.cfg;
+        for (int i = 0; i < n; i++) {
+            float *x = r.x + (size_t)i * r.latent;
+            /* draw 1: the posterior sample; draw 2: the noise to add */
+            if ((st = rng_randn(r.rng[i], r.noise, r.latent)) != DF_OK) goto done;
+            for (size_t k = 0; k < r.latent; k++)
+                x[k] = ((mean[k] + expf(0.5f * logvar[k]) * r.noise[k]) - v->shift_factor) * v->scaling_factor;
+            if ((st = smp_set_strength(r.smp[i], req->strength)) != DF_OK) goto done;
+            if ((st = rng_randn(r.rng[i], r.noise, r.latent)) != DF_OK) goto done;
+            if ((st = smp_add_noise(r.smp[i], x, r.noise, x, r.latent)) != DF_OK) goto done;
+        }
+        res->seconds_encode = now() - t;
+    } else {
+        for (int i = 0; i < n; i++) {
+            float *x = r.x + (size_t)i * r.latent, sigma = smp_init_noise_sigma(r.smp[i]);
+            if ((st = rng_randn(r.rng[i], x, r.latent)) != DF_OK) goto done;
+            for (size_t k = 0; k < r.latent; k++) x[k] *= sigma;
+        }
+    }
+
+    /* denoise: one replay of the recorded UNet pass per model evaluation */
+    t = now();
+    int evals = smp_n_evals(r.smp[0]);
+    progress(req, PIPE_DENOISE, 0, evals, t0);
+    while (!smp_done(r.smp[0])) {
+        if (cancelled(req)) { st = df_error(DF_ECANCELLED, "cancelled"); goto done; }
+        for (int i = 0; i < n; i++) {
+            float *xin = r.xin + (size_t)i * r.latent;
+            if ((st = smp_model_input(r.smp[i], r.x + (size_t)i * r.latent, xin, r.latent)) != DF_OK) goto done;
+            if (cfg) memcpy(r.xin + (size_t)(n + i) * r.latent, xin, r.latent * sizeof(float));
+        }
+        for (size_t b = 0; b < ub; b++) timesteps[b] = smp_timestep(r.smp[0]);
+        if ((st = prog_write(w->unet.p, w->unet.in[0], r.xin)) != DF_OK) goto done;
+        if ((st = prog_write(w->unet.p, w->unet.in[1], timesteps)) != DF_OK) goto done;
+        if ((st = prog_run(w->unet.p)) != DF_OK) goto done;
+        if ((st = prog_read(w->unet.p, w->unet.out, r.out)) != DF_OK) goto done;
+        for (int i = 0; i < n; i++) {
+            const float *u = r.out + (size_t)i * r.latent, *c = r.out + (size_t)(n + i) * r.latent;
+            for (size_t k = 0; k < r.latent; k++) r.eps[k] = cfg ? u[k] + req->cfg_scale * (c[k] - u[k]) : u[k];
+            const float *noise = NULL;
+            if (smp_needs_noise(r.smp[i])) {
+                if ((st = rng_randn(r.rng[i], r.noise, r.latent)) != DF_OK) goto done;
+                noise = r.noise;
+            }
+            if ((st = smp_step(r.smp[i], r.eps, r.x + (size_t)i * r.latent, noise, r.latent)) != DF_OK) goto done;
+        }
+        progress(req, PIPE_DENOISE, smp_eval_index(r.smp[0]), evals, t0);
+    }
+    res->seconds_denoise = now() - t;
+    memcpy(res->latents, r.x, (size_t)n * r.latent * sizeof(float));
+
+    /* decode, one image at a time: the VAE's activations dominate memory */
+    t = now();
+    for (int i = 0; i < n; i++) {
+        if (cancelled(req)) { st = df_error(DF_ECANCELLED, "cancelled"); goto done; }
+        progress(req, PIPE_DECODE, i, n, t0);
+        if ((st = decode_latent(w, m, r.x + (size_t)i * r.latent, r.latent,
+                                res->images + (size_t)i * req->width * req->height * 3)) != DF_OK)
+            goto done;
+    }
+    res->seconds_decode = now() - t;
+    res->seconds_total = now() - t0;
+    res->device_peak_bytes = dev_memory_peak(w->dev);
+    progress(req, PIPE_DONE, n, n, t0);
+done:
+    run_free(&r);
+    free(embeds);
+    free(context);
+    free(timesteps);
+    free(mean);
+    free(logvar);
+    if (st != DF_OK) pipe_result_free(res);
+    return st;
+}
+
+void pipe_result_free(struct pipe_result *r) {
+    free(r->images);
+    free(r->seeds);
+    free(r->latents);
+    memset(r, 0, sizeof *r);
+}
