@@ -17,6 +17,9 @@ static const struct {
     {"CLIPTextModel", check_clip_text},
     {"UNet2DConditionModel", check_unet},
     {"AutoencoderKL", check_vae},
+    {"StableDiffusionPipeline", check_pipeline},
+    {"StableDiffusionImg2ImgPipeline", check_pipeline},
+    {"StableDiffusionControlNetPipeline", check_pipeline},
 };
 
 int check_config_int(const json_t *config, const char *key, int def) {

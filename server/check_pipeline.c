@@ -1,0 +1,85 @@
+/* check_pipeline: StableDiffusionPipeline / Img2ImgPipeline cases — the
+ * whole request path from prompt and seed to latents and image. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "models/pipeline.h"
+
+static df_status component_path(struct check_ctx *ctx, const json_t *uses, const char *key, char *out, size_t n) {
+    const char *file = json_string_value(json_object_get(uses, key));
+    if (!file) return df_error(DF_EFORMAT, "uses_weights_from has no %s", key);
+    snprintf(out, n, "%s/%s", ctx->dir, file);
+    return DF_OK;
+}
+
+df_status check_pipeline(struct check_ctx *ctx, struct check_case *c) {
+    const json_t *j = c->json;
+    if (json_object_get(j, "controlnet_conditioning_scale") || strstr(c->name, "controlnet"))
+        return df_error(DF_EUNSUPPORTED, "ControlNet pipelines come with the ControlNet issue");
+    const json_t *uses = json_object_get(j, "uses_weights_from");
+    char unet[4096], vae[4096], clip[4096];
+    df_status st;
+    if ((st = component_path(ctx, uses, "unet", unet, sizeof unet)) != DF_OK ||
+        (st = component_path(ctx, uses, "vae", vae, sizeof vae)) != DF_OK ||
+        (st = component_path(ctx, uses, "text_encoder", clip, sizeof clip)) != DF_OK)
+        return st;
+    struct model_options mo = {.unet = unet, .vae = vae, .text_encoder = clip,
+                               .precision = ctx->fp16 ? WTS_F16 : WTS_F32};
+    struct model *m = NULL;
+    struct pipe_worker *w = NULL;
+    struct pipe_result res = {0};
+    float *init = NULL, *chw = NULL;
+    if ((st = model_load(ctx->dev, &mo, &m)) != DF_OK) goto done;
+    const json_t *sched = json_object_get(j, "scheduler_config");
+    if (sched && (st = smp_config_from_json(sched, &m->scheduler)) != DF_OK) goto done;
+    const struct st_tensor *image = st_find(c->file, "out.image");
+    if (!image || image->ndim != 4) {
+        st = df_error(DF_EFORMAT, "case %s has no out.image [B, H, W, 3]", c->name);
+        goto done;
+    }
+    struct pipe_request req = {
+        .prompt = json_string_value(json_object_get(j, "prompt")),
+        .negative_prompt = json_string_value(json_object_get(j, "negative_prompt")),
+        .height = (int)image->shape[1],
+        .width = (int)image->shape[2],
+        .steps = check_config_int(j, "num_inference_steps", 0),
+        .batch = 1,
+        .cfg_scale = (float)check_config_real(j, "guidance_scale", 7.5),
+        .sampler = SMP_EULER,
+        .seed = (int64_t)check_config_real(j, "latents_seed", -2),
+        .clip_skip = 1,
+        .rng = RNG_TORCH_CPU,
+    };
+    if (st_find(c->file, "in.init_image")) {
+        int64_t n;
+        if ((st = check_tensor(c, "in.init_image", &chw, &n)) != DF_OK) goto done;
+        int64_t hw = (int64_t)req.width * req.height;
+        if (n != 3 * hw) {
+            st = df_error(DF_EFORMAT, "in.init_image has %lld values for %dx%d", (long long)n, req.width, req.height);
+            goto done;
+        }
+        init = malloc((size_t)n * sizeof *init);
+        if (!init) { st = df_error(DF_ENOMEM, "out of memory"); goto done; }
+        for (int64_t i = 0; i < hw; i++)
+            for (int ch = 0; ch < 3; ch++) init[i * 3 + ch] = chw[ch * hw + i]; /* NCHW -> HWC */
+        req.init_image = init;
+        req.init_width = req.width;
+        req.init_height = req.height;
+        req.strength = (float)check_config_real(j, "strength", 0);
+    }
+    if ((st = pipe_worker_create(ctx->dev, &w)) != DF_OK) goto done;
+    if ((st = pipe_generate(w, m, &req, &res)) != DF_OK) goto done;
+    if ((st = check_compare(ctx, c, "out.latents", res.latents,
+                            (int64_t)m->unet.cfg.in_channels * (req.height / 8) * (req.width / 8))) != DF_OK)
+        goto done;
+    st = check_compare(ctx, c, "out.image", res.images, (int64_t)req.width * req.height * 3);
+done:
+    pipe_result_free(&res);
+    pipe_worker_destroy(w);
+    model_destroy(m);
+    free(init);
+    free(chw);
+    return st;
+}
