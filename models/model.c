@@ -254,6 +254,9 @@ df_status model_load(struct device *dev, const struct model_options *opt, struct
     if (opt->unet) TRY(source_open(&unet_src, opt->unet, NULL));
     if (opt->vae) TRY(source_open(&vae_src, opt->vae, NULL));
     if (opt->text_encoder) TRY(source_open(&clip_src, opt->text_encoder, NULL));
+    if (opt->unet_config && unet_src.file) unet_src.config = json_incref((json_t *)opt->unet_config);
+    if (opt->vae_config && vae_src.file) vae_src.config = json_incref((json_t *)opt->vae_config);
+    if (opt->text_encoder_config && clip_src.file) clip_src.config = json_incref((json_t *)opt->text_encoder_config);
     /* a lone component as `path` fills the slot it is */
     if (main_src.file) {
         enum ckpt_family f = main_src.kind.family;

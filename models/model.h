@@ -21,6 +21,9 @@ struct model_options {
     const char *unet;          /* component overrides, as sd.cpp's CLI allows */
     const char *vae;
     const char *text_encoder;
+    /* component configs (diffusers/transformers config.json dicts) for
+     * component files, whose shapes cannot tell everything (head counts) */
+    const json_t *unet_config, *vae_config, *text_encoder_config;
     enum wts_precision precision;
     /* unused tensors are reported through this, once per load (NULL: quiet) */
     void (*log)(void *ctx, const char *message);

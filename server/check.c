@@ -132,7 +132,7 @@ int check_fixtures_main(int argc, char **argv) {
         fprintf(stderr, "check-fixtures: %s: %s (line %d)\n", path, jerr.text, jerr.line);
         return 1;
     }
-    struct check_ctx ctx = {.dir = dir, .fp16 = fp16, .tolerance = fp16 ? 1e-2 : 1e-4};
+    struct check_ctx ctx = {.dir = dir, .manifest = manifest, .fp16 = fp16, .tolerance = fp16 ? 1e-2 : 1e-4};
     if (dev_create(&cfg, &ctx.dev) != DF_OK) {
         fprintf(stderr, "check-fixtures: %s\n", df_errmsg());
         json_decref(manifest);

@@ -13,6 +13,7 @@
 
 struct check_ctx {
     const char *dir;
+    const json_t *manifest;
     struct device *dev;
     bool fp16;
     double tolerance;       /* relative L2: 1e-4 fp32, 1e-2 fp16 */

@@ -14,6 +14,19 @@ static df_status component_path(struct check_ctx *ctx, const json_t *uses, const
     return DF_OK;
 }
 
+/* The config of the case whose weights live in `file` (the component's own
+ * case: shapes alone cannot give a tiny model's head counts). */
+static const json_t *config_of(struct check_ctx *ctx, const char *path) {
+    const char *file = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    size_t i;
+    const json_t *cs;
+    json_array_foreach(json_object_get(ctx->manifest, "cases"), i, cs) {
+        const char *f = json_string_value(json_object_get(cs, "file"));
+        if (f && strcmp(f, file) == 0) return json_object_get(cs, "config");
+    }
+    return NULL;
+}
+
 df_status check_pipeline(struct check_ctx *ctx, struct check_case *c) {
     const json_t *j = c->json;
     if (json_object_get(j, "controlnet_conditioning_scale") || strstr(c->name, "controlnet"))
@@ -26,6 +39,8 @@ df_status check_pipeline(struct check_ctx *ctx, struct check_case *c) {
         (st = component_path(ctx, uses, "text_encoder", clip, sizeof clip)) != DF_OK)
         return st;
     struct model_options mo = {.unet = unet, .vae = vae, .text_encoder = clip,
+                               .unet_config = config_of(ctx, unet), .vae_config = config_of(ctx, vae),
+                               .text_encoder_config = config_of(ctx, clip),
                                .precision = ctx->fp16 ? WTS_F16 : WTS_F32};
     struct model *m = NULL;
     struct pipe_worker *w = NULL;
