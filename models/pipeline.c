@@ -332,7 +332,6 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
         size_t which = cfg ? (b < (size_t)n ? 0 : 1) : 0;
         memcpy(context + b * CONTEXT * D, embeds + which * CONTEXT * D, CONTEXT * D * sizeof(float));
     }
-    if ((st = prog_write(w->unet.p, w->unet.in[2], context)) != DF_OK) goto done;
     res->seconds_text = now() - t;
     if (cancelled(req)) { st = df_error(DF_ECANCELLED, "cancelled"); goto done; }
 
@@ -371,8 +370,11 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
         }
     }
 
-    /* denoise: one replay of the recorded UNet pass per model evaluation */
+    /* denoise: one replay of the recorded UNet pass per model evaluation.
+     * The passes share one arena, so the UNet's inputs are written only
+     * now, after the text and image encoders have run. */
     t = now();
+    if ((st = prog_write(w->unet.p, w->unet.in[2], context)) != DF_OK) goto done;
     int evals = smp_n_evals(r.smp[0]);
     progress(req, PIPE_DENOISE, 0, evals, t0);
     while (!smp_done(r.smp[0])) {
