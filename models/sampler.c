@@ -74,6 +74,15 @@ const char *smp_kind_name(enum smp_kind kind) {
     return (unsigned)kind < SMP_KIND_COUNT ? kind_names[kind].ours : "unknown";
 }
 
+const char *smp_kind_a1111_name(enum smp_kind kind) {
+    if ((unsigned)kind >= SMP_KIND_COUNT) return "unknown";
+    return kind_names[kind].a1111 ? kind_names[kind].a1111 : "Euler";
+}
+
+const char *smp_schedule_a1111_name(enum smp_schedule sched) {
+    return (unsigned)sched <= SMP_SCHEDULE_SGM_UNIFORM ? schedule_names[sched].a1111 : "unknown";
+}
+
 df_status smp_schedule_from_name(const char *name, enum smp_schedule *out) {
     const int count = (int)(sizeof schedule_names / sizeof schedule_names[0]);
     for (int k = 0; name && k < count; k++)

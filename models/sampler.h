@@ -126,6 +126,10 @@ df_status smp_kind_from_name(const char *name, enum smp_kind *out);
 const char *smp_kind_name(enum smp_kind kind);
 df_status smp_schedule_from_name(const char *name, enum smp_schedule *out);
 const char *smp_schedule_name(enum smp_schedule sched);
+/* AUTOMATIC1111's labels ("Euler a", "DPM++ 2M"; "Automatic", "Karras"),
+ * for infotext and the A1111-compatible API. */
+const char *smp_kind_a1111_name(enum smp_kind kind);
+const char *smp_schedule_a1111_name(enum smp_schedule sched);
 
 struct smp_sampler;
 

@@ -5,6 +5,7 @@
 
 #include "compute/device.h"
 #include "check.h"
+#include "cli.h"
 
 static const char *type_name(enum dev_type t) {
     switch (t) {
@@ -52,10 +53,12 @@ static int cmd_devices(void) {
 static void usage(FILE *f) {
     fprintf(f, "usage: diffusiond <command> [options]\n\n"
                "commands:\n"
+               "  generate        one generation to PNG (see generate --help)\n"
+               "  info MODEL      what a model was recognised as: family, layout, config, size\n"
                "  devices         list Vulkan devices and their capabilities\n"
                "  check-fixtures DIR [--case NAME] [--fp16] [--validation]\n"
                "                  compare every supported model with the reference outputs in DIR\n"
-               "  bench-kernels   time the matmul and conv kernels against a plain C loop\n");
+               );
 }
 
 
@@ -66,6 +69,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (strcmp(argv[1], "devices") == 0) return cmd_devices();
+    if (strcmp(argv[1], "generate") == 0) return cli_generate_main(argc - 1, argv + 1);
+    if (strcmp(argv[1], "info") == 0) return cli_info_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "check-fixtures") == 0) return check_fixtures_main(argc - 1, argv + 1);
 
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
