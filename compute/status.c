@@ -2,14 +2,19 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 static _Thread_local char last_message[512];
 
 df_status df_error(df_status st, const char *fmt, ...) {
+    /* callers often wrap the previous message (df_errmsg() as an argument):
+     * format aside, then copy, so the buffer is never read while written */
+    char message[sizeof last_message];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_message, sizeof last_message, fmt, ap);
+    vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
+    memcpy(last_message, message, sizeof message);
     return st;
 }
 
