@@ -577,3 +577,23 @@ const char *cg_op_name(enum cg_op_type t) {
     };
     return (unsigned)t < CG_OP_COUNT ? names[t] : "?";
 }
+
+double cg_op_flops(const struct cg_op *op) {
+    const struct cg_tensor *y = op->dst;
+    switch (op->type) {
+    case CG_OP_MATMUL:
+        return 2.0 * (double)op->p.matmul.batch * (double)op->p.matmul.m * (double)op->p.matmul.n *
+               (double)op->p.matmul.k;
+    case CG_OP_CONV2D: {
+        const struct cg_tensor *w = op->src[1];
+        return 2.0 * (double)cg_numel(y) * (double)(w->ne[1] * w->ne[2] * w->ne[3]);
+    }
+    case CG_OP_ATTENTION: {
+        const struct cg_tensor *q = op->src[0], *k = op->src[1];
+        /* q k^T and p v: 2 * 2 * B * Nq * Nk * (H * D) */
+        return 4.0 * (double)q->ne[0] * (double)q->ne[1] * (double)k->ne[1] * (double)q->ne[2];
+    }
+    default:
+        return (double)cg_numel(y);
+    }
+}

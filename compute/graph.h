@@ -170,5 +170,9 @@ df_status cg_plan(struct cg_graph *g, uint64_t *arena_bytes);
 int cg_op_count(const struct cg_graph *g);
 const struct cg_op *cg_op_at(const struct cg_graph *g, int i);
 const char *cg_op_name(enum cg_op_type t);
+/* Floating-point operations of one op (multiply-add = 2), for benchmarks:
+ * matmul, conv2d and attention; elementwise and norms count one per
+ * element they write. */
+double cg_op_flops(const struct cg_op *op);
 
 #endif

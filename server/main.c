@@ -5,6 +5,7 @@
 
 #include "compute/device.h"
 #include "check.h"
+#include "bench.h"
 #include "cli.h"
 
 static const char *type_name(enum dev_type t) {
@@ -56,6 +57,7 @@ static void usage(FILE *f) {
                "  generate        one generation to PNG (see generate --help)\n"
                "  info MODEL      what a model was recognised as: family, layout, config, size\n"
                "  devices         list Vulkan devices and their capabilities\n"
+               "  bench --model PATH [--size N]   time text encoder, one UNet step, VAE decode\n"
                "  check-fixtures DIR [--case NAME] [--fp16] [--validation]\n"
                "                  compare every supported model with the reference outputs in DIR\n"
                );
@@ -71,6 +73,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "devices") == 0) return cmd_devices();
     if (strcmp(argv[1], "generate") == 0) return cli_generate_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "info") == 0) return cli_info_main(argc - 1, argv + 1);
+    if (strcmp(argv[1], "bench") == 0) return bench_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "check-fixtures") == 0) return check_fixtures_main(argc - 1, argv + 1);
 
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {

@@ -1,0 +1,199 @@
+/* bench: times the stages of the real pipeline on a model — text encoding,
+ * one UNet evaluation at batch 2 (one CFG step), VAE decode — with
+ * per-kernel GPU time from timestamps, achieved GFLOP/s against the UNet's
+ * FLOP count, peak device memory and peak RSS. A benchmark, not a test:
+ * numbers from one run, to be read as ratios. */
+#include "bench.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "compute/program.h"
+#include "models/model.h"
+
+#define MAX_SIZES 8
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void log_line(void *ctx, const char *message) {
+    (void)ctx;
+    fprintf(stderr, "bench: %s\n", message);
+}
+
+/* Per op-type GPU time and FLOPs of one profiled run. */
+struct breakdown {
+    double ms[CG_OP_COUNT];
+    double flops[CG_OP_COUNT];
+    int dispatches[CG_OP_COUNT];
+};
+
+struct stage {
+    const char *name;
+    double host_s;       /* prog_run wall time */
+    double gpu_ms;       /* sum of dispatch timestamps */
+    double flops;
+    uint64_t arena;
+    struct breakdown kinds;
+};
+
+static df_status time_pass(struct device *dev, struct cg_graph *g, struct cg_tensor **inputs, int ninputs,
+                           struct stage *s) {
+    struct program *p = NULL;
+    struct prog_options opt = {.profile = true};
+    df_status st = prog_create(dev, g, &opt, &p);
+    if (st != DF_OK) return st;
+    s->arena = prog_arena_bytes(p);
+    /* inputs: small values; a random-weight model's numbers do not matter */
+    for (int i = 0; i < ninputs && st == DF_OK; i++) {
+        size_t n = (size_t)cg_numel(inputs[i]);
+        float *x = malloc(n * sizeof *x);
+        if (!x) st = df_error(DF_ENOMEM, "out of memory");
+        for (size_t k = 0; x && k < n; k++) x[k] = (float)((k * 2654435761u) % 1000) / 1000.0f - 0.5f;
+        if (x && !strcmp(inputs[i]->name, "input_ids"))
+            for (size_t k = 0; k < n; k++) x[k] = (float)(k % 77 == 0 ? 49406 : 320 + k % 1000);
+        if (x && !strcmp(inputs[i]->name, "timestep"))
+            for (size_t k = 0; k < n; k++) x[k] = 500;
+        if (st == DF_OK) st = prog_write(p, inputs[i], x);
+        free(x);
+    }
+    double t = now();
+    if (st == DF_OK) st = prog_run(p);
+    s->host_s = now() - t;
+    int n = prog_profile(p, NULL, 0);
+    struct prog_timing *tm = n > 0 ? calloc((size_t)n, sizeof *tm) : NULL;
+    if (tm) prog_profile(p, tm, n);
+    for (int i = 0; tm && i < n; i++) {
+        enum cg_op_type type = cg_op_at(g, tm[i].op)->type;
+        s->kinds.ms[type] += tm[i].ms;
+        s->kinds.dispatches[type]++;
+        s->gpu_ms += tm[i].ms;
+    }
+    for (int i = 0; i < cg_op_count(g); i++) {
+        const struct cg_op *op = cg_op_at(g, i);
+        double f = cg_op_flops(op);
+        s->kinds.flops[op->type] += f;
+        s->flops += f;
+    }
+    free(tm);
+    prog_destroy(p);
+    return st;
+}
+
+static void print_stage(const struct stage *s) {
+    printf("  %-14s %9.2f s  gpu %9.1f ms  %8.2f GFLOP  %6.2f GFLOP/s  arena %7.1f MiB\n", s->name, s->host_s,
+           s->gpu_ms, s->flops * 1e-9, s->host_s > 0 ? s->flops * 1e-9 / s->host_s : 0, (double)s->arena / (1 << 20));
+    for (int k = 0; k < CG_OP_COUNT; k++) {
+        if (!s->kinds.dispatches[k]) continue;
+        double ms = s->kinds.ms[k];
+        printf("      %-16s %5d dispatches %10.1f ms (%4.1f%%)  %8.2f GFLOP/s\n", cg_op_name((enum cg_op_type)k),
+               s->kinds.dispatches[k], ms, s->gpu_ms > 0 ? 100 * ms / s->gpu_ms : 0,
+               ms > 0 ? s->kinds.flops[k] * 1e-6 / ms : 0);
+    }
+}
+
+static df_status bench_size(struct device *dev, struct model *m, int size) {
+    int lh = size / 8, lw = size / 8;
+    struct stage text = {.name = "text encoder"}, unet = {.name = "UNet (batch 2)"}, vae = {.name = "VAE decode"};
+    struct cg_graph *g = NULL;
+    df_status st;
+    /* text encoder, batch 2 (negative + positive) */
+    if ((st = cg_create(&g)) != DF_OK) return st;
+    struct cg_tensor *ids = cg_input(g, "input_ids", 2, (int64_t[]){2, 77});
+    struct clip_outputs co;
+    if ((st = clip_forward(g, &m->clip, ids, NULL, &co)) == DF_OK) {
+        cg_output(g, co.last_hidden_state);
+        st = time_pass(dev, g, &ids, 1, &text);
+    }
+    cg_destroy(g);
+    if (st != DF_OK) return st;
+    /* one UNet evaluation: cond + uncond */
+    if ((st = cg_create(&g)) != DF_OK) return st;
+    struct cg_tensor *in[3] = {
+        cg_input(g, "sample", 4, (int64_t[]){2, m->unet.cfg.in_channels, lh, lw}),
+        cg_input(g, "timestep", 1, (int64_t[]){2}),
+        cg_input(g, "context", 3, (int64_t[]){2, 77, m->unet.cfg.cross_attention_dim}),
+    };
+    struct unet_outputs uo;
+    if ((st = unet_forward(g, &m->unet, in[0], in[1], in[2], NULL, &uo)) == DF_OK) {
+        cg_output(g, uo.sample);
+        st = time_pass(dev, g, in, 3, &unet);
+    }
+    cg_destroy(g);
+    if (st != DF_OK) return st;
+    /* VAE decode of one image */
+    if ((st = cg_create(&g)) != DF_OK) return st;
+    struct cg_tensor *z = cg_input(g, "latent", 4, (int64_t[]){1, m->vae.cfg.latent_channels, lh, lw}), *img;
+    if ((st = vae_decode(g, &m->vae, z, &img)) == DF_OK) {
+        cg_output(g, img);
+        st = time_pass(dev, g, &z, 1, &vae);
+    }
+    cg_destroy(g);
+    if (st != DF_OK) return st;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("\n%dx%d (latent %dx%d), weights %s\n", size, size, lw, lh, m->precision == WTS_F16 ? "fp16" : "fp32");
+    print_stage(&text);
+    print_stage(&unet);
+    print_stage(&vae);
+    printf("  one 20-step CFG image ~ %.1f s (text + 20 UNet evals + decode)\n",
+           text.host_s + 20 * unet.host_s + vae.host_s);
+    printf("  peak device memory %.1f MiB, peak RSS %.1f MiB\n", (double)dev_memory_peak(dev) / (1 << 20),
+           (double)ru.ru_maxrss / 1024);
+    fflush(stdout);
+    return DF_OK;
+}
+
+int bench_main(int argc, char **argv) {
+    struct model_options mo = {.precision = WTS_F16, .log = log_line};
+    struct dev_config dc = {.index = -1};
+    int sizes[MAX_SIZES], nsizes = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--model") && i + 1 < argc) mo.path = argv[++i];
+        else if (!strcmp(argv[i], "--size") && i + 1 < argc && nsizes < MAX_SIZES) sizes[nsizes++] = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--fp32")) mo.precision = WTS_F32;
+        else if (!strcmp(argv[i], "--device") && i + 1 < argc) dc.name_contains = argv[++i];
+        else {
+            fprintf(stderr, "usage: diffusiond bench --model PATH [--size N]... [--fp32] [--device NAME]\n");
+            return 2;
+        }
+    }
+    if (!mo.path) {
+        fprintf(stderr, "bench: --model PATH is required\n");
+        return 2;
+    }
+    if (!nsizes) sizes[nsizes++] = 128;
+    struct device *dev;
+    if (dev_create(&dc, &dev) != DF_OK) {
+        fprintf(stderr, "bench: %s\n", df_errmsg());
+        return 1;
+    }
+    double t = now();
+    struct model *m;
+    if (model_load(dev, &mo, &m) != DF_OK) {
+        fprintf(stderr, "bench: %s\n", df_errmsg());
+        dev_destroy(dev);
+        return 1;
+    }
+    printf("device: %s\nmodel: %s (%s), loaded in %.1f s\n", dev_caps(dev)->name, m->name, m->layout, now() - t);
+    int rc = 0;
+    for (int i = 0; i < nsizes && !rc; i++) {
+        dev_memory_reset_peak(dev);
+        if (sizes[i] < 64 || sizes[i] % 64) {
+            fprintf(stderr, "bench: size %d is not a multiple of 64\n", sizes[i]);
+            rc = 2;
+        } else if (bench_size(dev, m, sizes[i]) != DF_OK) {
+            fprintf(stderr, "bench: %dx%d: %s\n", sizes[i], sizes[i], df_errmsg());
+            rc = 1;
+        }
+    }
+    model_destroy(m);
+    dev_destroy(dev);
+    return rc;
+}
