@@ -20,6 +20,15 @@ static const struct {
     {"StableDiffusionPipeline", check_pipeline},
     {"StableDiffusionImg2ImgPipeline", check_pipeline},
     {"StableDiffusionControlNetPipeline", check_pipeline},
+    {"EulerDiscreteScheduler", check_sched},
+    {"EulerAncestralDiscreteScheduler", check_sched},
+    {"HeunDiscreteScheduler", check_sched},
+    {"DDIMScheduler", check_sched},
+    {"DPMSolverMultistepScheduler", check_sched},
+    {"LCMScheduler", check_sched},
+    {"FlowMatchEulerDiscreteScheduler", check_sched},
+    {"torch.randn", check_rng},
+    {"A1111 GPU seed noise", check_rng},
 };
 
 int check_config_int(const json_t *config, const char *key, int def) {

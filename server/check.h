@@ -37,6 +37,8 @@ df_status check_tokenizer(struct check_ctx *ctx, struct check_case *c);
 df_status check_unet(struct check_ctx *ctx, struct check_case *c);
 df_status check_vae(struct check_ctx *ctx, struct check_case *c);
 df_status check_pipeline(struct check_ctx *ctx, struct check_case *c);
+df_status check_sched(struct check_ctx *ctx, struct check_case *c);
+df_status check_rng(struct check_ctx *ctx, struct check_case *c);
 
 /* Helpers for check_*.c */
 /* Tensor `name` of the case file as fp32 (integers converted); caller frees. */
