@@ -98,6 +98,25 @@ static void collect_unused(const char *name, void *ctx) {
     if (used < 400) snprintf(list + used, 512 - used, "%s%s", used ? ", " : "", name);
 }
 
+/* Tensors of a single-file checkpoint outside the three components
+ * (DDPM buffers, EMA copies, ...) are never uploaded; say so once. */
+static void report_outside(const struct model_options *opt, const struct st_file *f) {
+    static const char *const parts[] = {LDM_UNET_PREFIX, "first_stage_model.", "cond_stage_model."};
+    char list[512] = "";
+    int n = 0;
+    for (size_t i = 0; i < st_count(f); i++) {
+        const char *name = st_at(f, i)->name;
+        bool inside = false;
+        for (int k = 0; k < 3; k++) inside = inside || strncmp(name, parts[k], strlen(parts[k])) == 0;
+        if (!inside) {
+            n++;
+            collect_unused(name, list);
+        }
+    }
+    if (n) say(opt, "checkpoint: %d tensor%s outside the UNet, VAE and text encoder, not loaded: %s%s", n,
+               n == 1 ? "" : "s", list, strlen(list) >= 400 ? ", ..." : "");
+}
+
 static void report_unused(const struct model_options *opt, struct weights *w, const char *what) {
     char list[512] = "";
     int n = wts_report_unused(w, collect_unused, list);
@@ -287,6 +306,7 @@ df_status model_load(struct device *dev, const struct model_options *opt, struct
     }
     TRY(tok_create(clip_vocab_gz, CLIP_VOCAB_GZ_SIZE, &m->tokenizer));
     TRY(set_hash(m, hash_path));
+    if (main_src.file && main_src.kind.family == CKPT_SD1) report_outside(opt, main_src.file);
     report_unused(opt, m->unet_weights, "UNet");
     report_unused(opt, m->vae_weights, "VAE");
     report_unused(opt, m->clip_weights, "text encoder");
