@@ -142,7 +142,6 @@ int cli_info_main(int argc, char **argv) {
     struct cli_args a = {0};
     int r = parse_args(argc, argv, &a, false);
     if (r) return r < 0 ? 2 : 0;
-    a.model.precision = WTS_F32;
     struct device *dev;
     struct model *m;
     if (load(&a, &dev, &m)) return 1;
