@@ -96,13 +96,30 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(UTIL_OBJ) $(LIB_OBJ)
 # --- test -------------------------------------------------------------------
 # Tests run on the real Vulkan device with the Khronos validation layer on
 # (the test harness enables it and fails on any message).
-TEST_ENV := DF_TEST_FIXTURES=$(abspath ../shared/fixtures) XDG_RUNTIME_DIR=/tmp
+TEST_ENV = DF_TEST_FIXTURES=$(abspath $(FIXTURES)) DF_TEST_TINY_MODEL=$(abspath $(TINY_MODEL)) XDG_RUNTIME_DIR=/tmp
+# --- tiny random-weight SD1.x model (diffusers folder + single file) ---------
+# /usr/bin/python3: Debian's, with python3-numpy from deploy/deps.sh
+PYTHON     ?= /usr/bin/python3
+TINY_MODEL ?= build/tiny-model
+.PHONY: tiny-model run
+tiny-model: $(TINY_MODEL)/tiny-sd15.safetensors
+$(TINY_MODEL)/tiny-sd15.safetensors: tests/make_tiny_model.py
+	$(PYTHON) tests/make_tiny_model.py --out $(TINY_MODEL)
+
+# The daemon on 127.0.0.1:7860 with MODEL, or the tiny model.
+run: $(BUILD)/diffusiond tiny-model
+	XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-/tmp} $(BUILD)/diffusiond serve --model $(or $(MODEL),$(TINY_MODEL)/tiny-sd15.safetensors)
+
 FIXTURES ?= ../shared/fixtures
-test: $(TESTS) $(BUILD)/diffusiond
+test: $(TESTS) $(BUILD)/diffusiond tiny-model
 	@set -e; for t in $(TESTS); do echo "== $$t"; $(TEST_ENV) $(TEST_RUN) $$t; done
 	@echo "== check-fixtures $(FIXTURES) (fp32, then fp16 weights)"
 	@$(TEST_ENV) $(TEST_RUN) $(BUILD)/diffusiond check-fixtures $(FIXTURES) --validation | grep -v '^SKIP'
 	@$(TEST_ENV) $(TEST_RUN) $(BUILD)/diffusiond check-fixtures $(FIXTURES) --validation --fp16 | grep -v '^SKIP'
+	@echo "== tests/make_tiny_model.py --check $(TINY_MODEL)"
+	@$(PYTHON) tests/make_tiny_model.py --check $(TINY_MODEL) --fixtures $(FIXTURES)
+	@echo "== tests/test_deploy.sh"
+	@bash tests/test_deploy.sh $(BUILD)/diffusiond
 	@echo "all test suites passed"
 
 # Sanitizer build: its own tree so objects never mix.

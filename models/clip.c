@@ -106,6 +106,8 @@ df_status clip_load(struct weights *w, const struct clip_config *cfg, struct cli
     TRY(take(w, &out->token_embedding, "text_model.embeddings.token_embedding.weight", 0, 2, cfg->vocab_size, d));
     TRY(take(w, &out->position_embedding, "text_model.embeddings.position_embedding.weight", 0, 2,
              cfg->max_position_embeddings, d));
+    /* positions are 0..T-1 by construction; the checkpoint's copy is unused */
+    wts_ignore(w, "text_model.embeddings.position_ids");
     out->layers = calloc((size_t)cfg->num_hidden_layers, sizeof *out->layers);
     if (!out->layers) return df_error(DF_ENOMEM, "out of memory");
     for (int i = 0; i < cfg->num_hidden_layers; i++) TRY(load_layer(w, cfg, i, &out->layers[i]));

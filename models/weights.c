@@ -321,6 +321,11 @@ df_status wts_take_optional(struct weights *w, const char *name, int ndim, const
     return take(w, name, ndim, ne, out, true);
 }
 
+void wts_ignore(struct weights *w, const char *name) {
+    int i = find(w, name);
+    if (i >= 0) w->entries[i].taken = true;
+}
+
 bool wts_has(const struct weights *w, const char *name, int *ndim, int64_t *ne) {
     int i = find(w, name);
     if (i < 0) return false;

@@ -56,6 +56,9 @@ df_status wts_load(struct weights *w, const struct st_file *f, const char *prefi
 df_status wts_take(struct weights *w, const char *name, int ndim, const int64_t *ne, struct wt *out);
 /* Same, but absence is not an error (out->ndim == 0). */
 df_status wts_take_optional(struct weights *w, const char *name, int ndim, const int64_t *ne, struct wt *out);
+/* Marks `name` as deliberately unused (a buffer the model recomputes, such
+ * as CLIP's position_ids), so it is not reported. Absent names are fine. */
+void wts_ignore(struct weights *w, const char *name);
 /* Whether `name` exists (for config inference). Shape through ne/ndim. */
 bool wts_has(const struct weights *w, const char *name, int *ndim, int64_t *ne);
 
