@@ -289,6 +289,35 @@ static void test_cancel(void **state) {
     model_destroy(m);
 }
 
+/* `make tiny-model` writes the same random weights as a diffusers folder
+ * and as an LDM single file: both load and give the same image. */
+static void test_single_file_and_folder(void **state) {
+    (void)state;
+    const char *dir = getenv("DF_TEST_TINY_MODEL");
+    if (!dir || !*dir) dir = "build/tiny-model";
+    char single[4096], folder[4096];
+    snprintf(single, sizeof single, "%s/tiny-sd15.safetensors", dir);
+    snprintf(folder, sizeof folder, "%s/tiny-sd15-diffusers", dir);
+    if (access(single, R_OK) || access(folder, R_OK)) fail_msg("%s missing: run make tiny-model", dir);
+    struct model *a, *b;
+    struct model_options opt = {.path = single, .precision = WTS_F32};
+    if (model_load(tu_device(), &opt, &a) != DF_OK) fail_msg("%s: %s", single, df_errmsg());
+    assert_string_equal(a->layout, "single file (original LDM keys)");
+    opt.path = folder;
+    if (model_load(tu_device(), &opt, &b) != DF_OK) fail_msg("%s: %s", folder, df_errmsg());
+    assert_string_equal(b->layout, "diffusers folder");
+    float *ia, *ib;
+    generate(a, &ia);
+    generate(b, &ib);
+    double err = tu_rel_l2f(ia, ib, 64 * 64 * 3);
+    print_message("single file vs diffusers folder: rel L2 %.2e\n", err);
+    assert_true(err == 0);
+    free(ia);
+    free(ib);
+    model_destroy(a);
+    model_destroy(b);
+}
+
 static int teardown(void **state) {
     (void)state;
     tu_release_devices();
@@ -303,6 +332,7 @@ int main(void) {
         cmocka_unit_test(test_bf16_file),
         cmocka_unit_test(test_reproducible),
         cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_single_file_and_folder),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);
 }
