@@ -7,6 +7,7 @@
 #include "check.h"
 #include "bench.h"
 #include "cli.h"
+#include "serve.h"
 
 static const char *type_name(enum dev_type t) {
     switch (t) {
@@ -54,6 +55,7 @@ static int cmd_devices(void) {
 static void usage(FILE *f) {
     fprintf(f, "usage: diffusiond <command> [options]\n\n"
                "commands:\n"
+               "  serve           the HTTP daemon (serve --help lists every option)\n"
                "  generate        one generation to PNG (see generate --help)\n"
                "  info MODEL      what a model was recognised as: family, layout, config, size\n"
                "  devices         list Vulkan devices and their capabilities\n"
@@ -71,6 +73,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (strcmp(argv[1], "devices") == 0) return cmd_devices();
+    if (strcmp(argv[1], "serve") == 0) return serve_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "generate") == 0) return cli_generate_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "info") == 0) return cli_info_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "bench") == 0) return bench_main(argc - 1, argv + 1);

@@ -1,0 +1,687 @@
+/* http: see http.h. */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../models/sha256.h"
+#include "log.h"
+
+#define HTTP_CONNECTION_LIMIT 1024
+#define HTTP_IDLE_TIMEOUT_S 60     /* idle keep-alive and slow clients; suspended ones never time out */
+#define HTTP_MAX_HEADERS 16
+
+struct http_server {
+    struct http_config cfg;
+    struct MHD_Daemon *d;
+    int port;
+    int quiesced_fd;
+    bool have_key;
+    uint8_t key_digest[SHA256_DIGEST_SIZE];
+    atomic_int active;             /* requests between first call and completion */
+    atomic_uint_fast64_t seq;
+    /* suspension state of every request, and the watcher */
+    pthread_mutex_t wait_mu;
+    struct http_request *susp;     /* suspended requests */
+    uint64_t next_token;
+    bool closing;
+    int wake_fd;                   /* eventfd: the suspended set changed */
+    pthread_t watcher;
+    bool watcher_started;
+};
+
+struct hdr {
+    char *name, *value;
+};
+
+struct http_request {
+    struct http_server *s;
+    struct MHD_Connection *conn;
+    const char *method, *url;      /* MHD's, valid for the whole request */
+    int fd;
+    double t0;
+    uint64_t seq;
+    char *body;
+    size_t body_len, body_cap, discarded;
+    bool too_large, responded;
+    int status;
+    const char *cors;              /* the Access-Control-Allow-Origin value, or NULL */
+    struct hdr hdrs[HTTP_MAX_HEADERS];
+    int n_hdrs;
+    void *user;
+    void (*release)(void *user, bool completed);
+    char job[40];
+    bool want_suspend;
+    /* stream */
+    http_stream_fn stream;
+    void *stream_ctx;
+    double keepalive_s;
+    /* guarded by s->wait_mu */
+    bool suspended, wake_pending, disconnected, keepalive_due;
+    uint64_t token;
+    double suspended_at;
+    struct http_request *wnext, *wprev;
+};
+
+static double mono(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void poke_watcher(struct http_server *s) {
+    uint64_t one = 1;
+    if (write(s->wake_fd, &one, sizeof one) < 0) { /* the counter is saturated: it wakes anyway */ }
+}
+
+/* ---- suspension (s->wait_mu held) ------------------------------------------ */
+
+static void suspend_locked(struct http_request *r) {
+    struct http_server *s = r->s;
+    r->suspended = true;
+    r->token = ++s->next_token;
+    r->suspended_at = mono();
+    r->wprev = NULL;
+    r->wnext = s->susp;
+    if (s->susp) s->susp->wprev = r;
+    s->susp = r;
+    MHD_suspend_connection(r->conn);
+    poke_watcher(s);
+}
+
+static void resume_locked(struct http_request *r) {
+    struct http_server *s = r->s;
+    if (!r->suspended) return;
+    r->suspended = false;
+    if (r->wprev) r->wprev->wnext = r->wnext;
+    else s->susp = r->wnext;
+    if (r->wnext) r->wnext->wprev = r->wprev;
+    r->wnext = r->wprev = NULL;
+    MHD_resume_connection(r->conn);
+}
+
+void http_wake(struct http_request *r) {
+    struct http_server *s = r->s;
+    pthread_mutex_lock(&s->wait_mu);
+    if (r->suspended) resume_locked(r);
+    else r->wake_pending = true;
+    pthread_mutex_unlock(&s->wait_mu);
+}
+
+void http_suspend(struct http_request *r) { r->want_suspend = true; }
+
+/* Polls suspended sockets for hang-ups, and wakes idle streams for their
+ * keep-alive line. A socket is identified by its suspension token, never by
+ * its fd number alone: an fd can be closed and reused between poll and
+ * check, a token cannot. */
+static void *watcher_main(void *arg) {
+    struct http_server *s = arg;
+    struct pollfd *pfd = NULL;
+    uint64_t *tok = NULL;
+    size_t cap = 0;
+    pthread_mutex_lock(&s->wait_mu);
+    while (!s->closing) {
+        size_t n = 0;
+        for (struct http_request *r = s->susp; r; r = r->wnext) n++;
+        if (n + 1 > cap) {
+            size_t nc = (n + 1) * 2;
+            struct pollfd *np = realloc(pfd, nc * sizeof *np);
+            if (np) pfd = np;
+            uint64_t *nt = np ? realloc(tok, nc * sizeof *nt) : NULL;
+            if (nt) {
+                tok = nt;
+                cap = nc;
+            }
+        }
+        if (n + 1 > cap) n = cap ? cap - 1 : 0; /* out of memory: poll what fits, grow next round */
+        if (!pfd || !tok) {
+            pthread_mutex_unlock(&s->wait_mu);
+            usleep(100000);
+            pthread_mutex_lock(&s->wait_mu);
+            continue;
+        }
+        pfd[0] = (struct pollfd){.fd = s->wake_fd, .events = POLLIN};
+        size_t k = 1;
+        for (struct http_request *r = s->susp; r && k < n + 1; r = r->wnext, k++) {
+            pfd[k] = (struct pollfd){.fd = r->fd, .events = POLLRDHUP};
+            tok[k] = r->token;
+        }
+        pthread_mutex_unlock(&s->wait_mu);
+        int ready = poll(pfd, k, 1000);
+        if (ready > 0 && (pfd[0].revents & POLLIN)) {
+            uint64_t v;
+            if (read(s->wake_fd, &v, sizeof v) < 0) { /* nothing to drain */ }
+        }
+        pthread_mutex_lock(&s->wait_mu);
+        for (size_t i = 1; ready > 0 && i < k; i++) {
+            if (!(pfd[i].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) continue;
+            for (struct http_request *r = s->susp; r; r = r->wnext)
+                if (r->token == tok[i]) {
+                    r->disconnected = true;
+                    resume_locked(r);
+                    break;
+                }
+        }
+        double now = mono();
+        for (struct http_request *r = s->susp, *next; r; r = next) {
+            next = r->wnext;
+            if (r->stream && r->keepalive_s > 0 && now - r->suspended_at >= r->keepalive_s) {
+                r->keepalive_due = true;
+                resume_locked(r);
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->wait_mu);
+    free(pfd);
+    free(tok);
+    return NULL;
+}
+
+/* ---- answers ---------------------------------------------------------------- */
+
+void http_add_header(struct http_request *r, const char *name, const char *value) {
+    if (r->n_hdrs >= HTTP_MAX_HEADERS) return;
+    struct hdr *h = &r->hdrs[r->n_hdrs];
+    h->name = strdup(name);
+    h->value = strdup(value);
+    if (!h->name || !h->value) {
+        free(h->name);
+        free(h->value);
+        return;
+    }
+    r->n_hdrs++;
+}
+
+static void queue(struct http_request *r, int status, const char *content_type, struct MHD_Response *resp) {
+    if (!resp) {
+        log_write(LOGL_ERROR, r->job, "out of memory building a response");
+        r->responded = true;
+        return;
+    }
+    if (content_type) MHD_add_response_header(resp, "Content-Type", content_type);
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    if (r->s->cfg.n_cors_origins > 0) {
+        MHD_add_response_header(resp, "Vary", "Origin");
+        if (r->cors) {
+            MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors);
+            MHD_add_response_header(resp, "Access-Control-Expose-Headers", "X-Seed, X-Job-Id, Retry-After, Location");
+        }
+    }
+    for (int i = 0; i < r->n_hdrs; i++) MHD_add_response_header(resp, r->hdrs[i].name, r->hdrs[i].value);
+    if (MHD_queue_response(r->conn, (unsigned)status, resp) != MHD_YES)
+        log_write(LOGL_ERROR, r->job, "could not queue a %d answer to %s %s", status, r->method, r->url);
+    MHD_destroy_response(resp);
+    r->status = status;
+    r->responded = true;
+}
+
+void http_respond(struct http_request *r, int status, const char *content_type, void *body, size_t len) {
+    if (r->responded) {
+        free(body);
+        return;
+    }
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!resp) free(body);
+    queue(r, status, content_type, resp);
+}
+
+void http_respond_json(struct http_request *r, int status, json_t *body) {
+    char *text = body ? json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(9)) : NULL;
+    json_decref(body);
+    if (!text) {
+        static const char oom[] = "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"out of memory\"}}";
+        char *copy = strdup(oom);
+        http_respond(r, copy ? 500 : status, "application/json", copy, copy ? strlen(copy) : 0);
+        return;
+    }
+    size_t n = strlen(text);
+    text[n] = '\n'; /* the NUL becomes the final newline; the body needs no terminator */
+    http_respond(r, status, "application/json", text, n + 1);
+}
+
+void http_respond_error(struct http_request *r, int status, const char *code, const char *field, const char *fmt,
+                        ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    json_t *err = json_pack("{s:s, s:s}", "code", code, "message", msg);
+    if (err && field) json_object_set_new(err, "field", json_string(field));
+    http_respond_json(r, status, err ? json_pack("{s:o}", "error", err) : NULL);
+}
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    struct http_request *r = cls;
+    struct http_server *s = r->s;
+    for (;;) {
+        long n = r->stream(r->stream_ctx, buf, max);
+        if (n > 0) return n;
+        if (n < 0) return MHD_CONTENT_READER_END_OF_STREAM;
+        pthread_mutex_lock(&s->wait_mu);
+        if (r->disconnected || s->closing) {
+            pthread_mutex_unlock(&s->wait_mu);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        static const char ka[] = ": keepalive\n\n"; /* an SSE comment: clients ignore it */
+        if (r->keepalive_due && max >= sizeof ka - 1) {
+            r->keepalive_due = false;
+            pthread_mutex_unlock(&s->wait_mu);
+            memcpy(buf, ka, sizeof ka - 1);
+            return (ssize_t)(sizeof ka - 1);
+        }
+        if (r->wake_pending) {
+            r->wake_pending = false;
+            pthread_mutex_unlock(&s->wait_mu);
+            continue;
+        }
+        suspend_locked(r);
+        pthread_mutex_unlock(&s->wait_mu);
+        return 0;
+    }
+}
+
+void http_respond_stream(struct http_request *r, int status, const char *content_type, http_stream_fn read,
+                         void *ctx, double keepalive_s) {
+    if (r->responded) return;
+    r->stream = read;
+    r->stream_ctx = ctx;
+    r->keepalive_s = keepalive_s;
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_reader, r, NULL);
+    queue(r, status, content_type, resp);
+}
+
+/* ---- requests ----------------------------------------------------------------- */
+
+const char *http_method(const struct http_request *r) { return r->method; }
+const char *http_path(const struct http_request *r) { return r->url; }
+
+const char *http_header(const struct http_request *r, const char *name) {
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+const char *http_query(const struct http_request *r, const char *key) {
+    return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+const char *http_body(const struct http_request *r, size_t *len) {
+    if (len) *len = r->body_len;
+    return r->body ? r->body : "";
+}
+
+void *http_user(const struct http_request *r) { return r->user; }
+
+void http_set_user(struct http_request *r, void *user, void (*release)(void *user, bool completed)) {
+    r->user = user;
+    r->release = release;
+}
+
+void http_set_job(struct http_request *r, const char *job_id) { snprintf(r->job, sizeof r->job, "%s", job_id); }
+
+static bool path_in(const char *path, const char *const *list, int n) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(path, list[i]) == 0) return true;
+    return false;
+}
+
+static const char *cors_origin(const struct http_server *s, const struct http_request *r) {
+    const char *origin = http_header(r, "Origin");
+    if (!origin || s->cfg.n_cors_origins == 0) return NULL;
+    for (int i = 0; i < s->cfg.n_cors_origins; i++) {
+        const char *o = s->cfg.cors_origins[i];
+        if (strcmp(o, "*") == 0) return "*";
+        if (strcmp(o, origin) == 0) return o; /* the configured string, not the client's */
+    }
+    return NULL;
+}
+
+static bool authorized(const struct http_server *s, const struct http_request *r) {
+    if (!s->have_key || path_in(r->url, s->cfg.open_paths, s->cfg.n_open_paths)) return true;
+    const char *given = http_header(r, "X-API-Key");
+    const char *auth = http_header(r, "Authorization");
+    if (!given && auth && strncasecmp(auth, "Bearer ", 7) == 0) {
+        given = auth + 7;
+        while (*given == ' ') given++;
+    }
+    if (!given) return false;
+    /* comparing digests takes the same time whatever the key's length or
+     * how much of it matches */
+    uint8_t d[SHA256_DIGEST_SIZE];
+    sha256_digest(given, strlen(given), d);
+    volatile uint8_t diff = 0;
+    for (int i = 0; i < SHA256_DIGEST_SIZE; i++) diff |= (uint8_t)(d[i] ^ s->key_digest[i]);
+    return diff == 0;
+}
+
+static void preflight(struct http_request *r) {
+    http_add_header(r, "Allow", "GET, POST, DELETE, OPTIONS");
+    if (r->cors) {
+        http_add_header(r, "Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS");
+        http_add_header(r, "Access-Control-Allow-Headers",
+                        "Authorization, X-API-Key, Content-Type, Accept, Last-Event-ID");
+        http_add_header(r, "Access-Control-Max-Age", "600");
+    }
+    http_respond(r, 204, NULL, NULL, 0);
+}
+
+static bool append_body(struct http_request *r, const char *data, size_t n) {
+    size_t max = r->s->cfg.max_body_bytes;
+    if (r->too_large || r->body_len + n > max) {
+        r->too_large = true;
+        r->discarded += n;
+        return r->discarded <= max; /* a client streaming forever is cut off */
+    }
+    if (r->body_len + n + 1 > r->body_cap) {
+        size_t cap = r->body_cap ? r->body_cap : 4096;
+        while (cap < r->body_len + n + 1) cap *= 2;
+        if (cap > max + 1) cap = max + 1;
+        char *b = realloc(r->body, cap);
+        if (!b) return false;
+        r->body = b;
+        r->body_cap = cap;
+    }
+    memcpy(r->body + r->body_len, data, n);
+    r->body_len += n;
+    r->body[r->body_len] = 0;
+    return true;
+}
+
+/* Runs the handler until it answers or sleeps. */
+static void dispatch(struct http_request *r) {
+    struct http_server *s = r->s;
+    for (;;) {
+        r->want_suspend = false;
+        s->cfg.handler(s->cfg.ctx, r);
+        if (r->responded) return;
+        if (!r->want_suspend) {
+            http_respond_error(r, 500, "internal_error", NULL, "the handler gave no answer");
+            return;
+        }
+        pthread_mutex_lock(&s->wait_mu);
+        if (s->closing) {
+            pthread_mutex_unlock(&s->wait_mu);
+            http_respond_error(r, 503, "shutting_down", NULL, "the server is shutting down");
+            return;
+        }
+        if (r->wake_pending) {
+            r->wake_pending = false;
+            pthread_mutex_unlock(&s->wait_mu);
+            continue;
+        }
+        suspend_locked(r);
+        pthread_mutex_unlock(&s->wait_mu);
+        return;
+    }
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                 const char *version, const char *upload, size_t *upload_size, void **con_cls) {
+    (void)version;
+    struct http_server *s = cls;
+    struct http_request *r = *con_cls;
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r) return MHD_NO;
+        r->s = s;
+        r->conn = c;
+        r->method = method;
+        r->url = url;
+        r->t0 = mono();
+        r->seq = atomic_fetch_add(&s->seq, 1);
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        r->fd = ci ? ci->connect_fd : -1;
+        *con_cls = r;
+        atomic_fetch_add(&s->active, 1);
+        r->cors = cors_origin(s, r);
+        if (strcmp(method, "OPTIONS") == 0) {
+            preflight(r);
+            return MHD_YES;
+        }
+        if (!authorized(s, r)) {
+            http_add_header(r, "WWW-Authenticate", "Bearer realm=\"diffusiond\"");
+            bool given = http_header(r, "X-API-Key") || http_header(r, "Authorization");
+            http_respond_error(r, 401, "unauthorized", NULL, "%s",
+                               given ? "invalid API key"
+                                     : "an API key is required (Authorization: Bearer KEY or X-API-Key: KEY)");
+            return MHD_YES;
+        }
+        const char *cl = http_header(r, "Content-Length");
+        if (cl) {
+            char *end;
+            errno = 0;
+            unsigned long long n = strtoull(cl, &end, 10);
+            if (errno || n > s->cfg.max_body_bytes) {
+                http_respond_error(r, 413, "body_too_large", NULL, "the request body is larger than %zu bytes",
+                                   s->cfg.max_body_bytes);
+                return MHD_YES;
+            }
+        }
+        return MHD_YES;
+    }
+    if (r->responded) { /* answered early (401, 413): the rest of the body is dropped */
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        bool ok = append_body(r, upload, *upload_size);
+        *upload_size = 0;
+        return ok ? MHD_YES : MHD_NO;
+    }
+    pthread_mutex_lock(&s->wait_mu);
+    bool gone = r->disconnected;
+    pthread_mutex_unlock(&s->wait_mu);
+    if (gone) return MHD_NO; /* close it; the completion callback releases it */
+    if (r->too_large) {
+        http_respond_error(r, 413, "body_too_large", NULL, "the request body is larger than %zu bytes",
+                           s->cfg.max_body_bytes);
+        return MHD_YES;
+    }
+    dispatch(r);
+    return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
+    (void)c;
+    struct http_server *s = cls;
+    struct http_request *r = *con_cls;
+    if (!r) return;
+    *con_cls = NULL;
+    bool ok = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
+    if (r->release) r->release(r->user, ok);
+    double secs = mono() - r->t0;
+    enum log_level lv = !ok ? LOGL_INFO
+                        : r->status >= 500 ? LOGL_WARN
+                        : path_in(r->url, s->cfg.quiet_paths, s->cfg.n_quiet_paths) ? LOGL_DEBUG
+                                                                                     : LOGL_INFO;
+    if (ok) log_write(lv, r->job, "%s %s %d %.3f s", r->method, r->url, r->status, secs);
+    else log_write(lv, r->job, "%s %s closed before the answer was sent (%.3f s)", r->method, r->url, secs);
+    for (int i = 0; i < r->n_hdrs; i++) {
+        free(r->hdrs[i].name);
+        free(r->hdrs[i].value);
+    }
+    free(r->body);
+    free(r);
+    atomic_fetch_sub(&s->active, 1);
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && msg[n - 1] == '\n') msg[--n] = 0;
+    log_write(LOGL_DEBUG, NULL, "libmicrohttpd: %s", msg);
+}
+
+/* ---- server ----------------------------------------------------------------- */
+
+df_status http_create(const struct http_config *cfg, struct http_server **out) {
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
+    char port[16];
+    snprintf(port, sizeof port, "%d", cfg->port);
+    int gai = getaddrinfo(cfg->host, port, &hints, &ai);
+    if (gai != 0) return df_error(DF_EINVAL, "host \"%s\": %s", cfg->host, gai_strerror(gai));
+    struct http_server *s = calloc(1, sizeof *s);
+    if (!s) {
+        freeaddrinfo(ai);
+        return df_error(DF_ENOMEM, "out of memory");
+    }
+    s->cfg = *cfg;
+    s->quiesced_fd = -1;
+    s->have_key = cfg->api_key && *cfg->api_key;
+    if (s->have_key) sha256_digest(cfg->api_key, strlen(cfg->api_key), s->key_digest);
+    pthread_mutex_init(&s->wait_mu, NULL);
+    s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (s->wake_fd < 0) {
+        freeaddrinfo(ai);
+        http_destroy(s);
+        return df_error(DF_EIO, "eventfd: %s", strerror(errno));
+    }
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    struct MHD_OptionItem pool[] = {
+        {cfg->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, cfg->threads, NULL},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
+                            MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_CONNECTION_LIMIT,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT_S,
+                            MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
+                            MHD_OPTION_ARRAY, pool,
+                            MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!s->d) {
+        http_destroy(s);
+        return df_error(DF_EIO, "cannot listen on %s:%d (address in use, or not ours?)", cfg->host, cfg->port);
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = di ? di->port : cfg->port;
+    if (pthread_create(&s->watcher, NULL, watcher_main, s) != 0) {
+        http_destroy(s);
+        return df_error(DF_ENOMEM, "cannot start the HTTP watcher thread");
+    }
+    s->watcher_started = true;
+    *out = s;
+    return DF_OK;
+}
+
+int http_port(const struct http_server *s) { return s->port; }
+
+void http_quiesce(struct http_server *s) {
+    if (s->d && s->quiesced_fd < 0) s->quiesced_fd = MHD_quiesce_daemon(s->d);
+}
+
+bool http_drain(struct http_server *s, double timeout_s) {
+    double end = mono() + timeout_s;
+    while (atomic_load(&s->active) > 0) {
+        if (mono() >= end) return false;
+        usleep(10000);
+    }
+    return true;
+}
+
+void http_destroy(struct http_server *s) {
+    if (!s) return;
+    pthread_mutex_lock(&s->wait_mu);
+    s->closing = true;
+    /* MHD refuses to stop with suspended connections: wake them all; they
+     * see `closing` and end */
+    while (s->susp) {
+        s->susp->disconnected = true;
+        resume_locked(s->susp);
+    }
+    pthread_mutex_unlock(&s->wait_mu);
+    if (s->watcher_started) {
+        poke_watcher(s);
+        pthread_join(s->watcher, NULL);
+    }
+    if (s->d) MHD_stop_daemon(s->d);
+    if (s->quiesced_fd >= 0) close(s->quiesced_fd);
+    if (s->wake_fd >= 0) close(s->wake_fd);
+    pthread_mutex_destroy(&s->wait_mu);
+    free(s);
+}
+
+/* ---- base64 ------------------------------------------------------------------ */
+
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+char *http_base64_encode(const void *data, size_t len) {
+    const uint8_t *p = data;
+    size_t n = (len + 2) / 3 * 4;
+    char *out = malloc(n + 1), *o = out;
+    if (!out) return NULL;
+    size_t i = 0;
+    for (; i + 3 <= len; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
+        *o++ = b64[v >> 18];
+        *o++ = b64[(v >> 12) & 63];
+        *o++ = b64[(v >> 6) & 63];
+        *o++ = b64[v & 63];
+    }
+    if (i < len) {
+        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < len ? (uint32_t)p[i + 1] << 8 : 0);
+        *o++ = b64[v >> 18];
+        *o++ = b64[(v >> 12) & 63];
+        *o++ = i + 1 < len ? b64[(v >> 6) & 63] : '=';
+        *o++ = '=';
+    }
+    *o = 0;
+    return out;
+}
+
+df_status http_base64_decode(const char *s, size_t len, uint8_t **out, size_t *out_len) {
+    uint8_t *buf = malloc(len / 4 * 3 + 3);
+    if (!buf) return df_error(DF_ENOMEM, "out of memory");
+    uint32_t acc = 0;
+    int bits = 0, pad = 0;
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        int v;
+        if (c == ' ' || c == '\n' || c == '\r' || c == '\t') continue;
+        if (c == '=') {
+            pad++;
+            continue;
+        }
+        if (pad) goto bad; /* data after padding */
+        if (c >= 'A' && c <= 'Z') v = c - 'A';
+        else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
+        else if (c >= '0' && c <= '9') v = c - '0' + 52;
+        else if (c == '+' || c == '-') v = 62; /* and the URL-safe alphabet */
+        else if (c == '/' || c == '_') v = 63;
+        else goto bad;
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            buf[n++] = (uint8_t)(acc >> bits);
+        }
+    }
+    if (bits >= 6 || pad > 2) goto bad; /* a lone trailing character */
+    *out = buf;
+    *out_len = n;
+    return DF_OK;
+bad:
+    free(buf);
+    return df_error(DF_EINVAL, "not valid base64");
+}
