@@ -101,7 +101,7 @@ TEST_ENV = DF_TEST_FIXTURES=$(abspath $(FIXTURES)) DF_TEST_TINY_MODEL=$(abspath 
 # /usr/bin/python3: Debian's, with python3-numpy from deploy/deps.sh
 PYTHON     ?= /usr/bin/python3
 TINY_MODEL ?= build/tiny-model
-.PHONY: tiny-model run
+.PHONY: tiny-model run demo
 tiny-model: $(TINY_MODEL)/tiny-sd15.safetensors
 $(TINY_MODEL)/tiny-sd15.safetensors: tests/make_tiny_model.py
 	$(PYTHON) tests/make_tiny_model.py --out $(TINY_MODEL)
@@ -109,6 +109,10 @@ $(TINY_MODEL)/tiny-sd15.safetensors: tests/make_tiny_model.py
 # The daemon on 127.0.0.1:7860 with MODEL, or the tiny model.
 run: $(BUILD)/diffusiond tiny-model
 	XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-/tmp} $(BUILD)/diffusiond serve --model $(or $(MODEL),$(TINY_MODEL)/tiny-sd15.safetensors)
+
+# Start the daemon in the background and generate demo.png (deploy/demo.sh).
+demo: $(BUILD)/diffusiond tiny-model
+	BIN=$(BUILD)/diffusiond MODEL=$(or $(MODEL),$(TINY_MODEL)/tiny-sd15.safetensors) ./deploy/demo.sh
 
 FIXTURES ?= ../shared/fixtures
 test: $(TESTS) $(BUILD)/diffusiond tiny-model
@@ -134,8 +138,15 @@ fuzz: $(GEN_SRC)
 $(BUILD)/bench_kernels: $(BUILD)/obj/tests/bench_kernels.o $(UTIL_OBJ) $(LIB_OBJ)
 	$(CC) $(WFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS) -lcmocka
 
-bench: $(BUILD)/bench_kernels
+# A full-size SD1.5 checkpoint with random weights (real ones cannot be
+# downloaded here), written once by the shared tool.
+BENCH_MODEL ?= build/sd15-random.safetensors
+$(BENCH_MODEL):
+	$(PYTHON) ../shared/tools/make_sd15_random.py $@
+
+bench: $(BUILD)/bench_kernels $(BUILD)/diffusiond $(BENCH_MODEL)
 	XDG_RUNTIME_DIR=/tmp $(BUILD)/bench_kernels
+	XDG_RUNTIME_DIR=/tmp $(BUILD)/diffusiond bench --model $(BENCH_MODEL) --size 128 --size 256
 
 clean:
 	rm -rf build

@@ -7,7 +7,7 @@ set -eu
 PACKAGES="build-essential pkg-config clang zlib1g-dev
 libmicrohttpd-dev libjansson-dev libpng-dev libcmocka-dev
 libvulkan-dev glslang-tools mesa-vulkan-drivers vulkan-validationlayers
-vulkan-tools python3 python3-numpy systemd"
+vulkan-tools python3 python3-numpy systemd curl"
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

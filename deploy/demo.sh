@@ -1,0 +1,30 @@
+#!/bin/sh
+# `make demo`: start the daemon in the background on MODEL (default: the
+# tiny random model from `make tiny-model`), wait until it is ready, ask it
+# for one image, and leave it running for more requests.
+set -eu
+BIN=${BIN:-build/diffusiond}
+MODEL=${MODEL:-build/tiny-model/tiny-sd15.safetensors}
+PORT=${PORT:-7860}
+OUT=${OUT:-demo.png}
+SIZE=${SIZE:-64}
+: "${XDG_RUNTIME_DIR:=/tmp}"
+export XDG_RUNTIME_DIR
+
+"$BIN" serve --model "$MODEL" --port "$PORT" > diffusiond.log 2>&1 &
+echo $! > diffusiond.pid
+echo "diffusiond: pid $(cat diffusiond.pid), log in diffusiond.log; stop it with: kill \$(cat diffusiond.pid)"
+i=0
+until curl -sf "http://127.0.0.1:$PORT/ready" > /dev/null; do
+    i=$((i + 1))
+    if [ $i -gt 600 ] || ! kill -0 "$(cat diffusiond.pid)" 2> /dev/null; then
+        echo "diffusiond did not become ready:" >&2
+        tail -5 diffusiond.log >&2
+        exit 1
+    fi
+    sleep 1
+done
+curl -sf "http://127.0.0.1:$PORT/generate" -H 'Content-Type: application/json' \
+    -d "{\"prompt\": \"a lighthouse on a cliff at sunset\", \"width\": $SIZE, \"height\": $SIZE, \"steps\": 8, \"seed\": 42}" \
+    -o "$OUT"
+echo "wrote $OUT; more: curl -d '{\"prompt\": \"...\"}' http://127.0.0.1:$PORT/generate -o image.png"
