@@ -104,10 +104,10 @@ static void rewrite(const char *src, const char *dst, edit_fn edit) {
     int k = 0;
     for (int i = 0; i < n; i++) {
         const struct st_tensor *t = st_at(f, (size_t)i);
-        names[k] = strdup(t->name);
-        e[k] = (struct entry){names[k], st_dtype_name(t->dtype), t->ndim, {0}, t->data, t->nbytes};
+        names[i] = strdup(t->name);
+        e[k] = (struct entry){names[i], st_dtype_name(t->dtype), t->ndim, {0}, t->data, t->nbytes};
         for (int d = 0; d < t->ndim && d < 4; d++) e[k].shape[d] = t->shape[d];
-        edit(t, &e[k], &owned[k]);
+        edit(t, &e[k], &owned[i]);
         if (e[k].name) k++;
     }
     write_safetensors(dst, e, k);
