@@ -156,16 +156,20 @@ int bench_main(int argc, char **argv) {
     int sizes[MAX_SIZES], nsizes = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) mo.path = argv[++i];
+        else if (!strcmp(argv[i], "--unet") && i + 1 < argc) mo.unet = argv[++i];
+        else if (!strcmp(argv[i], "--vae") && i + 1 < argc) mo.vae = argv[++i];
+        else if (!strcmp(argv[i], "--text-encoder") && i + 1 < argc) mo.text_encoder = argv[++i];
         else if (!strcmp(argv[i], "--size") && i + 1 < argc && nsizes < MAX_SIZES) sizes[nsizes++] = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--fp32")) mo.precision = WTS_F32;
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) dc.name_contains = argv[++i];
         else {
-            fprintf(stderr, "usage: diffusiond bench --model PATH [--size N]... [--fp32] [--device NAME]\n");
+            fprintf(stderr, "usage: diffusiond bench --model PATH | --unet F --vae F --text-encoder F\n"
+                            "                       [--size N]... [--fp32] [--device NAME]\n");
             return 2;
         }
     }
-    if (!mo.path) {
-        fprintf(stderr, "bench: --model PATH is required\n");
+    if (!mo.path && !(mo.unet && mo.vae && mo.text_encoder)) {
+        fprintf(stderr, "bench: --model PATH (or --unet, --vae and --text-encoder) is required\n");
         return 2;
     }
     if (!nsizes) sizes[nsizes++] = 128;
