@@ -473,7 +473,7 @@ const char *st_metadata(const struct st_file *f, const char *key) {
 }
 
 /* Exact IEEE binary16 -> binary32; every half is representable as a float. */
-static float st_half_to_float(uint16_t h) {
+float st_half_to_float(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
     if (exp == 0x1f) {
@@ -552,4 +552,25 @@ void st_release(const struct st_file *f, const struct st_tensor *t) {
     e &= ~(page - 1);                 /* so neighbours keep their bytes */
     if (b < e)
         madvise((void *)b, e - b, MADV_DONTNEED);
+}
+
+/* round to nearest even, as torch's .half() */
+uint16_t st_float_to_half(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u, exp = (x >> 23) & 0xffu, man = x & 0x7fffffu;
+    if (exp == 0xff) return (uint16_t)(sign | 0x7c00u | (man ? 0x200u : 0));
+    int e = (int)exp - 127 + 15;
+    if (e >= 31) return (uint16_t)(sign | 0x7c00u);
+    if (e <= 0) {
+        if (e < -10) return (uint16_t)sign;
+        man |= 0x800000u;
+        uint32_t shift = (uint32_t)(14 - e);
+        uint32_t h = man >> shift, rem = man & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (h & 1))) h++;
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = ((uint32_t)e << 10) | (man >> 13), rem = man & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++; /* round to nearest even */
+    return (uint16_t)(sign | h);
 }

@@ -52,6 +52,10 @@ size_t st_dtype_size(enum st_dtype dt);
  * (numel floats). DF_EUNSUPPORTED for integer dtypes. */
 df_status st_to_f32(const struct st_tensor *t, float *dst);
 
+/* IEEE half <-> float (exact widening; narrowing rounds to nearest even). */
+float st_half_to_float(uint16_t h);
+uint16_t st_float_to_half(float f);
+
 /* Tells the kernel the mapped bytes of a tensor are no longer needed
  * (madvise DONTNEED) once they are uploaded, so RSS does not hold a second
  * copy of the weights. Safe to call on memory opened with st_open_memory

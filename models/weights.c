@@ -81,25 +81,6 @@ void wts_destroy(struct weights *w) {
     free(w);
 }
 
-static uint16_t f32_to_f16(float f) {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint32_t sign = (x >> 16) & 0x8000u, exp = (x >> 23) & 0xffu, man = x & 0x7fffffu;
-    if (exp == 0xff) return (uint16_t)(sign | 0x7c00u | (man ? 0x200u : 0));
-    int e = (int)exp - 127 + 15;
-    if (e >= 31) return (uint16_t)(sign | 0x7c00u);
-    if (e <= 0) {
-        if (e < -10) return (uint16_t)sign;
-        man |= 0x800000u;
-        uint32_t shift = (uint32_t)(14 - e);
-        uint32_t h = man >> shift, rem = man & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (h & 1))) h++;
-        return (uint16_t)(sign | h);
-    }
-    uint32_t h = ((uint32_t)e << 10) | (man >> 13), rem = man & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++; /* round to nearest even */
-    return (uint16_t)(sign | h);
-}
 
 /* Device space for `bytes`: the current block, a new block, or (for a
  * tensor larger than a block) a buffer of its own. */
@@ -165,7 +146,7 @@ static df_status upload(struct weights *w, const struct st_file *f, const struct
                 free(f32);
                 return df_error(DF_ENOMEM, "tensor \"%s\": out of host memory", t->name);
             }
-            for (uint64_t i = 0; i < n; i++) h[i] = f32_to_f16(f32[i]);
+            for (uint64_t i = 0; i < n; i++) h[i] = st_float_to_half(f32[i]);
             free(f32);
             host = h;
         }

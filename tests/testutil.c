@@ -1,5 +1,7 @@
 #include "testutil.h"
 
+#include "models/safetensors.h"
+
 #include <dlfcn.h>
 #include <link.h>
 
@@ -71,48 +73,12 @@ float *tu_random(size_t n, uint32_t seed, float lo, float hi) {
     return x;
 }
 
-static uint16_t f32_to_f16(float f) {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint32_t sign = (x >> 16) & 0x8000u, exp = (x >> 23) & 0xffu, man = x & 0x7fffffu;
-    if (exp == 0xff) return (uint16_t)(sign | 0x7c00u | (man ? 0x200u : 0));
-    int e = (int)exp - 127 + 15;
-    if (e >= 31) return (uint16_t)(sign | 0x7c00u);
-    if (e <= 0) {
-        if (e < -10) return (uint16_t)sign;
-        man |= 0x800000u;
-        uint32_t shift = (uint32_t)(14 - e);
-        uint32_t h = man >> shift, rem = man & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (h & 1))) h++;
-        return (uint16_t)(sign | h);
-    }
-    uint32_t h = ((uint32_t)e << 10) | (man >> 13), rem = man & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++;
-    return (uint16_t)(sign | h);
-}
-
-static float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, x;
-    if (exp == 0) {
-        if (man == 0) x = sign;
-        else {
-            int e = -1;
-            do { man <<= 1; e++; } while (!(man & 0x400u));
-            x = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
-        }
-    } else if (exp == 31) x = sign | 0x7f800000u | (man << 13);
-    else x = sign | ((exp - 15 + 127) << 23) | (man << 13);
-    float f;
-    memcpy(&f, &x, 4);
-    return f;
-}
-
 void tu_to_f16(const float *x, uint16_t *h, size_t n) {
-    for (size_t i = 0; i < n; i++) h[i] = f32_to_f16(x[i]);
+    for (size_t i = 0; i < n; i++) h[i] = st_float_to_half(x[i]);
 }
 
 void tu_round_f16(float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) x[i] = f16_to_f32(f32_to_f16(x[i]));
+    for (size_t i = 0; i < n; i++) x[i] = st_half_to_float(st_float_to_half(x[i]));
 }
 
 double tu_rel_l2(const float *got, const double *ref, size_t n) {
