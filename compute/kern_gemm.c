@@ -1,6 +1,8 @@
 /* GEMM-shaped kernels: matmul / linear, and conv2d as an implicit GEMM.
- * Both run the tiled loop of shaders/gemm_core.glsl; tile sizes are
- * specialization constants chosen here from the device and the shape. */
+ * Both run one of two GEMM loops, chosen here by device: shared-memory
+ * tiles for GPUs (shaders/gemm_core.glsl) or one subgroup per tile for CPU
+ * drivers (shaders/gemm_sg.glsl); tile sizes are specialization constants
+ * chosen from the device and the shape. */
 #include "kern_gemm.h"
 
 #include <stddef.h>
@@ -14,31 +16,62 @@ void kern_gemm_override(const struct gemm_override *o) {
     else override = (struct gemm_override){.storage16 = -1};
 }
 
-static uint32_t wg_size(const struct gemm_tiles *t) {
+static bool pow2(uint32_t x) { return x && !(x & (x - 1)); }
+
+static uint32_t wg_size(const struct dev_caps *caps, const struct gemm_tiles *t) {
+    if (t->path == GEMM_SUBGROUP) return caps->subgroup_size;
     return (uint32_t)((t->bm / t->tm) * (t->bn / t->tn));
 }
 
-/* The layout rules gemm_core.glsl relies on (see its header). */
+/* The layout rules gemm_core.glsl / gemm_sg.glsl rely on (see their headers). */
 bool kern_gemm_tiles_valid(const struct dev_caps *caps, const struct gemm_tiles *t) {
     if (t->bm <= 0 || t->bn <= 0 || t->bk <= 0 || t->tm <= 0 || t->tn <= 0) return false;
-    if (t->bm % t->tm || t->bn % t->tn) return false;
-    uint32_t wg = wg_size(t);
+    if (t->path == GEMM_SUBGROUP) {
+        /* tm <= 64: lavapipe 22.3 computed wrong rows with 80 or more rows
+         * per tile (72 was fine); keep a margin. */
+        uint32_t sg = caps->subgroup_size;
+        return caps->subgroup_shuffle && pow2(sg) && sg <= 128 && sg <= caps->max_workgroup_invocations &&
+               t->bm == t->tm && t->bn == (int)sg * t->tn && t->tm <= 64 && t->tn <= 16 &&
+               (t->tn % 4 || 4ull * (uint64_t)t->bm * (uint64_t)t->bn <= caps->max_shared_memory);
+    }
+    if (t->path != GEMM_TILED) return false;
+    if (t->bm % t->tm || t->bn % t->tn || t->bk % 4) return false;
+    uint32_t wg = wg_size(caps, t);
     if (wg == 0 || wg > caps->max_workgroup_invocations) return false;
-    if ((uint32_t)(t->bm * t->bk) % wg || (uint32_t)(t->bk * t->bn) % wg) return false;
-    if (wg % (uint32_t)t->bk || wg % (uint32_t)t->bn) return false;
-    uint64_t shared = 4ull * (uint64_t)t->bk * (uint64_t)(t->bm + 1 + t->bn + 1);
+    if ((uint32_t)(t->bm * t->bk / 4) % wg || (uint32_t)(t->bn * t->bk / 4) % wg) return false;
+    /* vec4 rows of BK/4 + 1 (padding) for both tiles */
+    uint64_t shared = 16ull * (uint64_t)(t->bk / 4 + 1) * (uint64_t)(t->bm + t->bn);
     return shared <= caps->max_shared_memory;
 }
 
+struct gemm_tiles kern_gemm_subgroup_tiles(const struct dev_caps *caps, int tm, int tn) {
+    return (struct gemm_tiles){GEMM_SUBGROUP, tm, (int)caps->subgroup_size * tn, 4, tm, tn};
+}
+
 struct gemm_tiles kern_gemm_tiles(const struct dev_caps *caps, long long m, long long n, long long k) {
-    (void)k;
     if (override.tiles.bm) return override.tiles;
-    /* Big register blocks win everywhere (fewer shared loads per FMA);
-     * tall-skinny problems get a short tile so few rows are wasted. */
-    struct gemm_tiles t = {64, 64, 16, 8, 8};
-    if (m <= 8) t = (struct gemm_tiles){8, 128, 16, 1, 8};
-    else if (m <= 32) t = (struct gemm_tiles){32, 64, 16, 4, 8};
-    else if (caps->type != DEV_CPU && m >= 256 && n >= 256) t = (struct gemm_tiles){128, 128, 16, 8, 8};
+    /* CPU drivers: the subgroup path. 64 rows x 8 columns per lane ran
+     * best on lavapipe (~5x the tiled path), but its JIT takes ~10 s
+     * (once per shape class; Mesa caches it on disk): small GEMMs, whose
+     * run time is milliseconds, get smaller tiles that compile in ~1 s. */
+    if (caps->type == DEV_CPU) {
+        double work = (double)m * (double)n * (double)k;
+        int tm = work < (1 << 24) ? 16 : work < (1 << 28) ? 32 : 64;
+        int tn = work < (1 << 24) ? 4 : 8;
+        long long sg = caps->subgroup_size;
+        if (m <= 16) tm = 16;
+        else if (m <= 32 && tm > 32) tm = 32;
+        if (n <= 2 * sg) tn = 2;
+        else if (n <= 4 * sg && tn > 4) tn = 4;
+        struct gemm_tiles t = kern_gemm_subgroup_tiles(caps, tm, tn);
+        if (kern_gemm_tiles_valid(caps, &t)) return t;
+    }
+    /* GPUs: big register blocks (fewer shared loads per FMA); tall-skinny
+     * problems get a short tile so few rows are wasted. */
+    struct gemm_tiles t = {GEMM_TILED, 64, 64, 16, 8, 8};
+    if (m <= 8) t = (struct gemm_tiles){GEMM_TILED, 8, 64, 32, 1, 8};
+    else if (m <= 32) t = (struct gemm_tiles){GEMM_TILED, 32, 64, 16, 4, 8};
+    else if (m >= 256 && n >= 256) t = (struct gemm_tiles){GEMM_TILED, 128, 128, 16, 8, 8};
     return t;
 }
 
@@ -46,14 +79,18 @@ static df_status pick(const struct enc *e, const char *what, int64_t m, int64_t 
                       struct gemm_tiles *t) {
     *t = kern_gemm_tiles(enc_caps(e), m, n, k);
     if (!kern_gemm_tiles_valid(enc_caps(e), t))
-        return df_error(DF_EINVAL, "%s: tiles %dx%dx%d / %dx%d invalid on this device", what, t->bm, t->bn,
-                        t->bk, t->tm, t->tn);
+        return df_error(DF_EINVAL, "%s: %s tiles %dx%dx%d / %dx%d invalid on this device", what,
+                        t->path == GEMM_SUBGROUP ? "subgroup" : "tiled", t->bm, t->bn, t->bk, t->tm, t->tn);
     return DF_OK;
 }
 
-static bool use_storage16(const struct enc *e) {
-    if (override.storage16 >= 0) return override.storage16 && enc_caps(e)->storage_16bit;
-    return enc_caps(e)->storage_16bit;
+/* The shader variant: "<op>_sg" for the subgroup path (fp16 as packed
+ * words: on a CPU driver a 16-bit load costs as much as a 32-bit one),
+ * "<op>_s16" for tiles over fp16 data when 16-bit storage is there. */
+static const char *variant(const struct enc *e, const struct gemm_tiles *t, bool f16, const char *const names[3]) {
+    if (t->path == GEMM_SUBGROUP) return names[1];
+    bool s16 = enc_caps(e)->storage_16bit && (override.storage16 < 0 || override.storage16);
+    return f16 && s16 ? names[2] : names[0];
 }
 
 /* fp16 tensors may start at 2 mod 4 (a view at an odd element): the shader
@@ -62,6 +99,13 @@ static uint64_t half_addr(const struct enc *e, const struct cg_tensor *t, uint32
     uint64_t a = enc_addr(e, t);
     *off = t->dtype == DT_F16 ? (uint32_t)((a & 3) / 2) : 0;
     return t->dtype == DT_F16 ? a & ~(uint64_t)3 : a;
+}
+
+/* vec4 loads need K % 4 == 0 and a 16-byte (fp32) or 8-byte (fp16)
+ * aligned start with no element offset. */
+static bool vec_ok(const struct enc *e, const struct cg_tensor *t, int64_t k) {
+    uint64_t a = enc_addr(e, t);
+    return k % 4 == 0 && a % (t->dtype == DT_F16 ? 8 : 16) == 0;
 }
 
 static bool fits_u32(int64_t a, int64_t b, int64_t c) {
@@ -100,16 +144,18 @@ df_status kern_matmul(struct enc *e, const struct cg_op *op) {
     pc.sa = (uint32_t)(m * k);
     pc.sw = op->p.matmul.bcast_b ? 0 : (uint32_t)(n * k);
     pc.alpha = op->p.matmul.alpha;
-    uint32_t spec[9] = {wg_size(&t), (uint32_t)t.bm, (uint32_t)t.bn, (uint32_t)t.bk, (uint32_t)t.tm,
-                        (uint32_t)t.tn, op->p.matmul.trans_b, w->dtype == DT_F16, spec_bias(bias)};
+    uint32_t spec[11] = {wg_size(enc_caps(e), &t), (uint32_t)t.bm, (uint32_t)t.bn, (uint32_t)t.bk, (uint32_t)t.tm,
+                         (uint32_t)t.tn, op->p.matmul.trans_b, w->dtype == DT_F16, spec_bias(bias),
+                         vec_ok(e, a, k), op->p.matmul.trans_b && vec_ok(e, w, k)};
     bool f16 = w->dtype == DT_F16 || (bias && bias->dtype == DT_F16);
-    const char *shader = f16 && use_storage16(e) ? "matmul_s16" : "matmul";
+    static const char *const names[3] = {"matmul", "matmul_sg", "matmul_s16"};
+    const char *shader = variant(e, &t, f16, names);
     uint32_t gx, gy, zmax = enc_caps(e)->max_workgroup_count[2];
     enc_grid(e, tiles, &gx, &gy);
     for (int64_t z0 = 0; z0 < batch; z0 += zmax) {
         pc.z0 = (uint32_t)z0;
         uint32_t gz = (uint32_t)(batch - z0 < zmax ? batch - z0 : zmax);
-        if ((st = enc_dispatch(e, shader, spec, 9, &pc, sizeof pc, gx, gy, gz)) != DF_OK) return st;
+        if ((st = enc_dispatch(e, shader, spec, 11, &pc, sizeof pc, gx, gy, gz)) != DF_OK) return st;
     }
     return DF_OK;
 }
@@ -145,17 +191,18 @@ df_status kern_conv2d(struct enc *e, const struct cg_op *op) {
     pc.wo = (uint32_t)wo;
     pc.pad_top = (uint32_t)op->p.conv.pad_top;
     pc.pad_left = (uint32_t)op->p.conv.pad_left;
-    uint32_t spec[11] = {wg_size(&t), (uint32_t)t.bm, (uint32_t)t.bn, (uint32_t)t.bk, (uint32_t)t.tm,
+    uint32_t spec[12] = {wg_size(enc_caps(e), &t), (uint32_t)t.bm, (uint32_t)t.bn, (uint32_t)t.bk, (uint32_t)t.tm,
                          (uint32_t)t.tn, (uint32_t)kh, (uint32_t)kw, (uint32_t)op->p.conv.stride_y,
-                         w->dtype == DT_F16, spec_bias(bias)};
+                         w->dtype == DT_F16, spec_bias(bias), vec_ok(e, w, k)};
     bool f16 = w->dtype == DT_F16 || (bias && bias->dtype == DT_F16);
-    const char *shader = f16 && use_storage16(e) ? "conv2d_s16" : "conv2d";
+    static const char *const names[3] = {"conv2d", "conv2d_sg", "conv2d_s16"};
+    const char *shader = variant(e, &t, f16, names);
     uint32_t gx, gy, zmax = enc_caps(e)->max_workgroup_count[2];
     enc_grid(e, tiles, &gx, &gy);
     for (int64_t z0 = 0; z0 < images; z0 += zmax) {
         pc.z0 = (uint32_t)z0;
         uint32_t gz = (uint32_t)(images - z0 < zmax ? images - z0 : zmax);
-        if ((st = enc_dispatch(e, shader, spec, 11, &pc, sizeof pc, gx, gy, gz)) != DF_OK) return st;
+        if ((st = enc_dispatch(e, shader, spec, 12, &pc, sizeof pc, gx, gy, gz)) != DF_OK) return st;
     }
     return DF_OK;
 }

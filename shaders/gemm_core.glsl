@@ -1,22 +1,29 @@
-// gemm_core.glsl: the tiled GEMM loop shared by matmul.comp and conv2d.comp.
+// gemm_core.glsl: the shared-memory tiled GEMM (the GPU path) behind
+// matmul.comp and conv2d.comp; gemm_sg.glsl is the CPU-driver path with the
+// same interface.
 //
 // C[M, N] = A[M, K] * B[K, N] for one batch item. A workgroup computes one
 // BM x BN tile of C, stepping through K in BK slices staged in shared
-// memory; each invocation keeps a TM x TN block of C in registers. The rows
-// and columns an invocation owns are interleaved (ty + i*(BM/TM)), so that
-// neighbouring invocations touch neighbouring addresses: conflict-free
-// shared reads on GPUs, coalesced stores, contiguous SIMD lanes on CPUs.
+// memory; each invocation keeps a TM x TN block of C in registers.
+// Both shared tiles are k-contiguous rows of vec4 (As[m][k/4], Bs[n][k/4],
+// padded by one vec4 per row so lanes reading neighbouring rows hit other
+// banks): every shared access is a vec4, and so is every global load when
+// the source is k-contiguous and aligned (A_VEC / B_VEC). Rows and columns
+// an invocation owns are interleaved (ty + i*(BM/TM)): neighbouring
+// invocations read neighbouring rows and store coalesced.
 //
 // The including shader defines, before including this file:
-//   float a_elem(uint m, uint k)     element of A (called in bounds only)
-//   float b_elem(uint k, uint n)     element of B (called in bounds only)
-//   B_KFAST                          true if B is contiguous along k
+//   float a_elem(uint m, uint k), float b_elem(uint k, uint n)
+//       one element, indices in range
+//   vec4 a_vec4(uint m, uint k), vec4 b_vec4(uint k, uint n)
+//       A[m][k..k+3] / B[k..k+3][n], used only when A_VEC / B_VEC are true;
+//       k is a multiple of 4 and k+3 < K
+//   A_VEC, B_VEC        bool constants (K % 4 == 0 and the data aligned)
 //   void store_c(uint m, uint n, float acc)   epilogue, in bounds only
-//   PC_M, PC_N, PC_K, PC_TILES_N, PC_TILES    push-constant sizes
-// Tile sizes are specialization constants 0..5; the includer's own start
-// at 6. The host guarantees: TM | BM, TN | BN, WG = (BM/TM)*(BN/TN), and WG
-// divides BM*BK and BK*BN, and BK divides WG when loading k-fast, BN
-// divides WG otherwise (so each invocation's load column is fixed).
+//   PC_M, PC_N, PC_K, PC_TILES_N               push-constant sizes
+// Tile sizes are specialization constants 0..5, the includer's own start
+// at 6. The host guarantees (kern_gemm_tiles_valid): BK % 4 == 0, TM | BM,
+// TN | BN, WG = (BM/TM)*(BN/TN), and WG divides BM*BK/4 and BN*BK/4.
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 64;
@@ -28,37 +35,23 @@ layout(constant_id = 5) const uint TN = 8;
 
 const uint WM = BM / TM;     // invocations along M
 const uint WN = BN / TN;     // invocations along N
-const uint SA = BM + 1;      // padded strides: fewer bank conflicts on stores
-const uint SB = BN + 1;
+const uint K4 = BK / 4;      // vec4 per tile row
+const uint SK = K4 + 1;      // padded row stride, in vec4
 
-shared float As[BK * SA];    // A tile, k-major: As[k * SA + m]
-shared float Bs[BK * SB];    // B tile, k-major: Bs[k * SB + n]
+#include "gemm_load.glsl"
+
+shared vec4 As[BM * SK];
+shared vec4 Bs[BN * SK];
 
 void load_tiles(uint m0, uint n0, uint k0) {
     uint lid = gl_LocalInvocationIndex;
-    // A: consecutive invocations read consecutive k (A is k-contiguous)
-    {
-        uint c = lid % BK, r = lid / BK;
-        bool kin = k0 + c < PC_K;
-        [[unroll]] for (uint p = 0; p < BM * BK / WG; p++) {
-            uint m = r + p * (WG / BK);
-            As[c * SA + m] = (kin && m0 + m < PC_M) ? a_elem(m0 + m, k0 + c) : 0.0;
-        }
+    [[unroll]] for (uint p = 0; p < BM * K4 / WG; p++) {
+        uint e = lid + p * WG, r = e / K4, q = e % K4;
+        As[r * SK + q] = load_a4(m0 + r, k0 + 4u * q);
     }
-    if (B_KFAST) {
-        uint c = lid % BK, r = lid / BK;
-        bool kin = k0 + c < PC_K;
-        [[unroll]] for (uint p = 0; p < BK * BN / WG; p++) {
-            uint n = r + p * (WG / BK);
-            Bs[c * SB + n] = (kin && n0 + n < PC_N) ? b_elem(k0 + c, n0 + n) : 0.0;
-        }
-    } else {
-        uint c = lid % BN, r = lid / BN;
-        bool nin = n0 + c < PC_N;
-        [[unroll]] for (uint p = 0; p < BK * BN / WG; p++) {
-            uint k = r + p * (WG / BN);
-            Bs[k * SB + c] = (nin && k0 + k < PC_K) ? b_elem(k0 + k, n0 + c) : 0.0;
-        }
+    [[unroll]] for (uint p = 0; p < BN * K4 / WG; p++) {
+        uint e = lid + p * WG, r = e / K4, q = e % K4;
+        Bs[r * SK + q] = load_b4(k0 + 4u * q, n0 + r);
     }
 }
 
@@ -74,13 +67,18 @@ void gemm_tile(uint tile) {
         barrier();  // the previous slice is consumed
         load_tiles(m0, n0, k0);
         barrier();
-        for (uint k = 0; k < BK; k++) {
-            float av[TM], bv[TN];
-            [[unroll]] for (uint i = 0; i < TM; i++) av[i] = As[k * SA + ty + i * WM];
-            [[unroll]] for (uint j = 0; j < TN; j++) bv[j] = Bs[k * SB + tx + j * WN];
+        for (uint q = 0; q < K4; q++) {
+            vec4 av[TM], bv[TN];
+            [[unroll]] for (uint i = 0; i < TM; i++) av[i] = As[(ty + i * WM) * SK + q];
+            [[unroll]] for (uint j = 0; j < TN; j++) bv[j] = Bs[(tx + j * WN) * SK + q];
             [[unroll]] for (uint i = 0; i < TM; i++)
-                [[unroll]] for (uint j = 0; j < TN; j++)
-                    acc[i * TN + j] = fma(av[i], bv[j], acc[i * TN + j]);
+                [[unroll]] for (uint j = 0; j < TN; j++) {
+                    float s = acc[i * TN + j];
+                    s = fma(av[i].x, bv[j].x, s);
+                    s = fma(av[i].y, bv[j].y, s);
+                    s = fma(av[i].z, bv[j].z, s);
+                    acc[i * TN + j] = fma(av[i].w, bv[j].w, s);
+                }
         }
     }
     [[unroll]] for (uint i = 0; i < TM; i++) {

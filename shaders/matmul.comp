@@ -1,22 +1,32 @@
 #version 450
 #extension GL_GOOGLE_include_directive : require
+#include "common.glsl"
 #extension GL_EXT_control_flow_attributes : require
 #ifdef STORAGE16
 #extension GL_EXT_shader_16bit_storage : require
 #endif
+#ifdef SUBGROUP
+#extension GL_KHR_shader_subgroup_shuffle : require
+#endif
 // y[b] = alpha * a[b] @ op(w[b]) + bias: a [batch, M, K] fp32; w fp32 or
 // fp16, [N, K] if TRANS_B (nn.Linear) else [K, N], batch stride 0 when
-// shared; bias [N] or absent. Tiled GEMM in gemm_core.glsl.
-// STORAGE16 (variant matmul_s16): fp16 tensors read through 16-bit storage
-// instead of packed words.
-#include "common.glsl"
+// shared; bias [N] or absent. The GEMM loop is gemm_core.glsl (shared-memory
+// tiles, GPUs) or, with SUBGROUP (variant matmul_sg), gemm_sg.glsl (CPU
+// drivers). STORAGE16 (variant matmul_s16): fp16 tensors read through
+// 16-bit storage instead of packed words.
 
 layout(constant_id = 6) const bool TRANS_B = true;
 layout(constant_id = 7) const bool W_F16 = false;
 layout(constant_id = 8) const uint BIAS = 0;   // 0 none, 1 fp32, 2 fp16
+// vec4 global loads: K % 4 == 0 and the tensor aligned (16 bytes fp32, 8 fp16)
+layout(constant_id = 9) const bool A_VEC = false;
+layout(constant_id = 10) const bool B_VEC = false;  // only with TRANS_B
+
+layout(buffer_reference, std430, buffer_reference_align = 8) buffer Uvec2s { uvec2 v[]; };
 
 #ifdef STORAGE16
 layout(buffer_reference, std430, buffer_reference_align = 2) buffer Halfs { float16_t v[]; };
+layout(buffer_reference, std430, buffer_reference_align = 8) buffer Half4s { f16vec4 v[]; };
 #endif
 
 layout(push_constant) uniform Push {
@@ -39,6 +49,7 @@ layout(push_constant) uniform Push {
 uint batch() { return gl_WorkGroupID.z + pc.z0; }
 
 float a_elem(uint m, uint k) { return Floats(pc.a).v[batch() * pc.sa + m * pc.k + k]; }
+vec4 a_vec4(uint m, uint k) { return Float4s(pc.a).v[(batch() * pc.sa + m * pc.k + k) >> 2]; }
 
 float w_at(uint i) {
     i += batch() * pc.sw + pc.woff;
@@ -52,6 +63,18 @@ float w_at(uint i) {
 
 float b_elem(uint k, uint n) { return TRANS_B ? w_at(n * pc.k + k) : w_at(k * pc.n + n); }
 
+// w[n][k..k+3] (TRANS_B only; woff is 0 when B_VEC)
+vec4 b_vec4(uint k, uint n) {
+    uint i = (batch() * pc.sw + n * pc.k + k) >> 2;
+    if (!W_F16) return Float4s(pc.w).v[i];
+#ifdef STORAGE16
+    return vec4(Half4s(pc.w).v[i]);
+#else
+    uvec2 h = Uvec2s(pc.w).v[i];
+    return vec4(unpackHalf2x16(h.x), unpackHalf2x16(h.y));
+#endif
+}
+
 void store_c(uint m, uint n, float acc) {
     float v = pc.alpha * acc;
     if (BIAS == 1u) v += Floats(pc.bias).v[n];
@@ -63,7 +86,11 @@ void store_c(uint m, uint n, float acc) {
     Floats(pc.y).v[(batch() * pc.m + m) * pc.n + n] = v;
 }
 
+#ifdef SUBGROUP
+#include "gemm_sg.glsl"
+#else
 #include "gemm_core.glsl"
+#endif
 
 void main() {
     uint tile = flat_group();

@@ -1,7 +1,18 @@
 # GEMM / conv2d: fp16 weights through 16-bit storage (when the device has it)
 VARIANT_matmul_s16 = shaders/matmul.comp -DSTORAGE16=1
 VARIANT_conv2d_s16 = shaders/conv2d.comp -DSTORAGE16=1
+# GEMM / conv2d without shared memory, for CPU drivers (subgroup shuffles)
+VARIANT_matmul_sg = shaders/matmul.comp -DSUBGROUP=1
+VARIANT_conv2d_sg = shaders/conv2d.comp -DSUBGROUP=1
 # norms / softmax: shared-memory tree reductions, for devices without subgroup arithmetic
 VARIANT_groupnorm_nosg = shaders/groupnorm.comp -DNO_SUBGROUP=1
 VARIANT_layernorm_nosg = shaders/layernorm.comp -DNO_SUBGROUP=1
 VARIANT_softmax_nosg = shaders/softmax.comp -DNO_SUBGROUP=1
+# attention: the CPU-driver loop for small heads (subgroup shuffles, no shared memory)
+VARIANT_attention_sg = shaders/attention.comp -DATTN_SG=1
+# attention, wide heads on GPUs: invocations split the head dim; scores summed
+# by subgroupAdd, or in shared memory (devices without subgroup arithmetic)
+VARIANT_attention_wide = shaders/attention.comp -DATTN_WIDE=1
+VARIANT_attention_wide_smem = shaders/attention.comp -DATTN_WIDE_SMEM=1
+# attention, CPU drivers from head dim 32 on: scores as a GEMM by shuffles
+VARIANT_attention_wide_sg = shaders/attention.comp -DATTN_WIDE_SG=1
