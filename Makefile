@@ -101,7 +101,7 @@ TEST_ENV = DF_TEST_FIXTURES=$(abspath $(FIXTURES)) DF_TEST_TINY_MODEL=$(abspath 
 # /usr/bin/python3: Debian's, with python3-numpy from deploy/deps.sh
 PYTHON     ?= /usr/bin/python3
 TINY_MODEL ?= build/tiny-model
-.PHONY: tiny-model run demo
+.PHONY: tiny-model run demo load
 tiny-model: $(TINY_MODEL)/tiny-sd15.safetensors
 $(TINY_MODEL)/tiny-sd15.safetensors: tests/make_tiny_model.py
 	$(PYTHON) tests/make_tiny_model.py --out $(TINY_MODEL)
@@ -113,6 +113,14 @@ run: $(BUILD)/diffusiond tiny-model
 # Start the daemon in the background and generate demo.png (deploy/demo.sh).
 demo: $(BUILD)/diffusiond tiny-model
 	BIN=$(BUILD)/diffusiond MODEL=$(or $(MODEL),$(TINY_MODEL)/tiny-sd15.safetensors) ./deploy/demo.sh
+
+# Requests/s and latency for /health and tiny-model generations.
+$(BUILD)/load: tests/load.c
+	@mkdir -p $(dir $@)
+	$(CC) $(WFLAGS) $(CFLAGS) -o $@ $< -pthread
+
+load: $(BUILD)/diffusiond $(BUILD)/load tiny-model
+	BIN=$(BUILD)/diffusiond LOAD=$(BUILD)/load MODEL=$(TINY_MODEL)/tiny-sd15.safetensors ./deploy/load.sh
 
 FIXTURES ?= ../shared/fixtures
 test: $(TESTS) $(BUILD)/diffusiond tiny-model
