@@ -402,9 +402,15 @@ struct cg_tensor *cg_geglu(struct cg_graph *g, struct cg_tensor *x) {
 }
 
 struct cg_tensor *cg_upsample2x(struct cg_graph *g, struct cg_tensor *x) {
+    if (!ok_args(g, 1, x)) return NULL;
+    return cg_upsample_nearest(g, x, 2 * x->ne[2], x->ndim == 4 ? 2 * x->ne[3] : 0);
+}
+
+struct cg_tensor *cg_upsample_nearest(struct cg_graph *g, struct cg_tensor *x, int64_t oh, int64_t ow) {
     if (!ok_args(g, 1, x) || !is_f32(g, x, "upsample")) return NULL;
-    if (x->ndim != 4) return fail(g, DF_EINVAL, "upsample2x: input %s is not NCHW", SHAPE(x));
-    struct cg_tensor *y = activation(g, 4, (int64_t[]){x->ne[0], x->ne[1], 2 * x->ne[2], 2 * x->ne[3]});
+    if (x->ndim != 4) return fail(g, DF_EINVAL, "upsample: input %s is not NCHW", SHAPE(x));
+    if (oh < 1 || ow < 1) return fail(g, DF_EINVAL, "upsample of %s to %lldx%lld", SHAPE(x), (long long)oh, (long long)ow);
+    struct cg_tensor *y = activation(g, 4, (int64_t[]){x->ne[0], x->ne[1], oh, ow});
     struct cg_op *op = new_op(g, CG_OP_UPSAMPLE2X, y);
     if (!op) return NULL;
     op->src[0] = x;

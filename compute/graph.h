@@ -147,6 +147,9 @@ struct cg_tensor *cg_scale(struct cg_graph *g, struct cg_tensor *x, float alpha)
 struct cg_tensor *cg_geglu(struct cg_graph *g, struct cg_tensor *x);
 /* Nearest-neighbour 2x upsampling of x [N, C, H, W]. */
 struct cg_tensor *cg_upsample2x(struct cg_graph *g, struct cg_tensor *x);
+/* F.interpolate(x, size=(oh, ow), mode="nearest"): source index
+ * min(floor(dst * (float)in/out), in - 1), as torch computes it. */
+struct cg_tensor *cg_upsample_nearest(struct cg_graph *g, struct cg_tensor *x, int64_t oh, int64_t ow);
 /* torch.cat([a, b], dim): shapes equal except along dim. */
 struct cg_tensor *cg_concat(struct cg_graph *g, struct cg_tensor *a, struct cg_tensor *b, int dim);
 /* diffusers get_timestep_embedding: t [B] -> [B, dim]. */

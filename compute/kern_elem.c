@@ -92,10 +92,15 @@ df_status kern_upsample2x(struct enc *e, const struct cg_op *op) {
     int64_t n = cg_numel(op->dst);
     df_status st = check_index("upsample2x", n);
     if (st != DF_OK) return st;
+    const struct cg_tensor *y = op->dst;
+    /* torch's nearest: exact halving for 2x, else a float scale in/out */
     struct {
         uint64_t x, y;
-        uint32_t n, h, w;
-    } pc = {enc_addr(e, x), enc_addr(e, op->dst), (uint32_t)n, (uint32_t)x->ne[2], (uint32_t)x->ne[3]};
+        uint32_t n, h, w, oh, ow;
+        float scale_h, scale_w;
+    } pc = {enc_addr(e, x), enc_addr(e, y), (uint32_t)n, (uint32_t)x->ne[2], (uint32_t)x->ne[3],
+            (uint32_t)y->ne[2], (uint32_t)y->ne[3], (float)x->ne[2] / (float)y->ne[2],
+            (float)x->ne[3] / (float)y->ne[3]};
     return flat_dispatch(e, "upsample2x", NULL, 0, &pc, sizeof pc, n);
 }
 

@@ -176,11 +176,6 @@ static df_status check_request(const struct model *m, const struct pipe_request 
     if (!r->prompt) return df_error(DF_EINVAL, "prompt: missing");
     if (r->width < s || r->height < s || r->width % s || r->height % s)
         return df_error(DF_EINVAL, "width/height: %dx%d is not a positive multiple of %d", r->width, r->height, s);
-    /* every UNet level halves the latent: it must stay an integer */
-    int align = s << (m->unet.cfg.levels - 1);
-    if (r->width % align || r->height % align)
-        return df_error(DF_EINVAL, "width/height: %dx%d must be multiples of %d for this model", r->width, r->height,
-                        align);
     if (r->steps < 1 || r->steps > 1000) return df_error(DF_EINVAL, "steps: %d is outside 1..1000", r->steps);
     if (r->batch < 1 || r->batch > 64) return df_error(DF_EINVAL, "n: %d is outside 1..64", r->batch);
     if (!isfinite(r->cfg_scale) || r->cfg_scale < 0 || r->cfg_scale > 100)

@@ -784,7 +784,11 @@ static df_status up_block(struct cg_graph *g, const struct unet_config *c, const
         if (u->attentions) x = transformer(g, c, &u->attentions[j], x, ctx);
     }
     if (u->upsamplers_0_conv_weight.ndim) {
-        x = cg_upsample2x(g, x); /* [B, C, 2H, 2W] */
+        /* diffusers upsamples to the next skip's size, which is 2H, 2W
+         * unless a level's size was odd (forward_upsample_size) */
+        const struct cg_tensor *next = skips->n_skips ? skips->skips[skips->n_skips - 1] : NULL;
+        if (x && next) x = cg_upsample_nearest(g, x, next->ne[2], next->ne[3]); /* [B, C, H', W'] */
+        else x = cg_upsample2x(g, x); /* [B, C, 2H, 2W] */
         x = conv(g, x, &u->upsamplers_0_conv_weight, &u->upsamplers_0_conv_bias, 1, 1);
     }
     *xp = x;

@@ -245,6 +245,35 @@ static void test_upsample2x(void **state) {
     cg_destroy(g);
 }
 
+/* F.interpolate(size=...) nearest, sizes that are not 2x: torch's
+ * min(floor(dst * (float)in/out), in-1). */
+static void test_upsample_to_size(void **state) {
+    (void)state;
+    struct device *d = tu_device();
+    int64_t ne[4] = {1, 3, 4, 3}, oh = 7, ow = 8;
+    size_t n = numel(4, ne), m = 3 * (size_t)(oh * ow);
+    float *x = tu_random(n, 91, -2, 2), *out = malloc(m * sizeof *out);
+    double *ref = malloc(m * sizeof *ref);
+    struct cg_graph *g = graph();
+    struct cg_tensor *in = cg_input(g, "x", 4, ne), *y = cg_upsample_nearest(g, in, oh, ow);
+    const float *data[] = {x};
+    tu_run(d, g, 1, &in, data, y, out);
+    float sh = 4.0f / 7.0f, sw = 3.0f / 8.0f;
+    for (size_t p = 0; p < 3; p++)
+        for (int64_t i = 0; i < oh; i++)
+            for (int64_t j = 0; j < ow; j++) {
+                int64_t si = (int64_t)floorf((float)i * sh), sj = (int64_t)floorf((float)j * sw);
+                if (si > 3) si = 3;
+                if (sj > 2) sj = 2;
+                ref[(p * (size_t)oh + (size_t)i) * (size_t)ow + (size_t)j] = x[(p * 4 + (size_t)si) * 3 + (size_t)sj];
+            }
+    assert_exact(out, ref, m, "upsample to 7x8");
+    free(x);
+    free(out);
+    free(ref);
+    cg_destroy(g);
+}
+
 static void concat_case(int nd, const int64_t *ea, const int64_t *eb, int dim) {
     struct device *d = tu_device();
     size_t sa = numel(nd, ea), sb = numel(nd, eb), n = sa + sb;
@@ -444,6 +473,7 @@ int main(void) {
         cmocka_unit_test(test_binary_f16_operand),
         cmocka_unit_test(test_geglu),
         cmocka_unit_test(test_upsample2x),
+        cmocka_unit_test(test_upsample_to_size),
         cmocka_unit_test(test_concat),
         cmocka_unit_test(test_transpose),
         cmocka_unit_test(test_timestep_embed),
