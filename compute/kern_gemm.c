@@ -117,6 +117,22 @@ static uint32_t spec_bias(const struct cg_tensor *bias) {
     return !bias ? 0u : bias->dtype == DT_F16 ? 2u : 1u;
 }
 
+/* Tiles on a 2-D grid, batch items on z: more than the device's z limit
+ * go out as several dispatches, each told its first item through *z0 (a
+ * field of the push-constant block pc). */
+static df_status dispatch_batched(struct enc *e, const char *shader, const uint32_t *spec, int nspec, void *pc,
+                                  uint32_t pc_size, uint32_t *z0, uint64_t tiles, int64_t batch) {
+    uint32_t gx, gy, zmax = enc_caps(e)->max_workgroup_count[2];
+    enc_grid(e, tiles, &gx, &gy);
+    for (int64_t z = 0; z < batch; z += zmax) {
+        *z0 = (uint32_t)z;
+        uint32_t gz = (uint32_t)(batch - z < zmax ? batch - z : zmax);
+        df_status st = enc_dispatch(e, shader, spec, nspec, pc, pc_size, gx, gy, gz);
+        if (st != DF_OK) return st;
+    }
+    return DF_OK;
+}
+
 df_status kern_matmul(struct enc *e, const struct cg_op *op) {
     const struct cg_tensor *a = op->src[0], *w = op->src[1], *bias = op->src[2];
     int64_t batch = op->p.matmul.batch, m = op->p.matmul.m, n = op->p.matmul.n, k = op->p.matmul.k;
@@ -150,14 +166,7 @@ df_status kern_matmul(struct enc *e, const struct cg_op *op) {
     bool f16 = w->dtype == DT_F16 || (bias && bias->dtype == DT_F16);
     static const char *const names[3] = {"matmul", "matmul_sg", "matmul_s16"};
     const char *shader = variant(e, &t, f16, names);
-    uint32_t gx, gy, zmax = enc_caps(e)->max_workgroup_count[2];
-    enc_grid(e, tiles, &gx, &gy);
-    for (int64_t z0 = 0; z0 < batch; z0 += zmax) {
-        pc.z0 = (uint32_t)z0;
-        uint32_t gz = (uint32_t)(batch - z0 < zmax ? batch - z0 : zmax);
-        if ((st = enc_dispatch(e, shader, spec, 11, &pc, sizeof pc, gx, gy, gz)) != DF_OK) return st;
-    }
-    return DF_OK;
+    return dispatch_batched(e, shader, spec, 11, &pc, sizeof pc, &pc.z0, tiles, batch);
 }
 
 df_status kern_conv2d(struct enc *e, const struct cg_op *op) {
@@ -197,12 +206,5 @@ df_status kern_conv2d(struct enc *e, const struct cg_op *op) {
     bool f16 = w->dtype == DT_F16 || (bias && bias->dtype == DT_F16);
     static const char *const names[3] = {"conv2d", "conv2d_sg", "conv2d_s16"};
     const char *shader = variant(e, &t, f16, names);
-    uint32_t gx, gy, zmax = enc_caps(e)->max_workgroup_count[2];
-    enc_grid(e, tiles, &gx, &gy);
-    for (int64_t z0 = 0; z0 < images; z0 += zmax) {
-        pc.z0 = (uint32_t)z0;
-        uint32_t gz = (uint32_t)(images - z0 < zmax ? images - z0 : zmax);
-        if ((st = enc_dispatch(e, shader, spec, 12, &pc, sizeof pc, gx, gy, gz)) != DF_OK) return st;
-    }
-    return DF_OK;
+    return dispatch_batched(e, shader, spec, 12, &pc, sizeof pc, &pc.z0, tiles, images);
 }
