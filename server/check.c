@@ -136,7 +136,7 @@ int check_fixtures_main(int argc, char **argv) {
     char path[4096];
     snprintf(path, sizeof path, "%s/manifest.json", dir);
     json_error_t jerr;
-    json_t *manifest = json_load_file(path, 0, &jerr);
+    json_t *manifest = json_load_file(path, JSON_ALLOW_NUL, &jerr);
     if (!manifest) {
         fprintf(stderr, "check-fixtures: %s: %s (line %d)\n", path, jerr.text, jerr.line);
         return 1;

@@ -39,7 +39,7 @@ int su_model_init(struct su_model *m) {
     snprintf(m->clip, sizeof m->clip, "%s/clip_text_tiny.safetensors", m->dir);
     char path[1200];
     snprintf(path, sizeof path, "%s/manifest.json", m->dir);
-    json_t *man = json_load_file(path, 0, NULL), *c;
+    json_t *man = json_load_file(path, JSON_ALLOW_NUL, NULL), *c;
     if (!man) {
         fprintf(stderr, "cannot read %s\n", path);
         return -1;

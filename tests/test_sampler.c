@@ -37,7 +37,7 @@ static int ts_setup(void **state) {
     char path[1024];
     snprintf(path, sizeof path, "%s/manifest.json", ts_fixture_dir());
     json_error_t err;
-    ts_manifest = json_load_file(path, 0, &err);
+    ts_manifest = json_load_file(path, JSON_ALLOW_NUL, &err);
     if (!ts_manifest) fprintf(stderr, "cannot load %s: %s\n", path, err.text);
     return ts_manifest ? 0 : -1;
 }

@@ -210,7 +210,7 @@ static void test_generate_reproduces_oracle(void **state) {
     char path[1200];
     snprintf(path, sizeof path, "%s/manifest.json", fx.dir);
     json_error_t je;
-    json_t *man = json_load_file(path, 0, &je), *c = NULL, *v;
+    json_t *man = json_load_file(path, JSON_ALLOW_NUL, &je), *c = NULL, *v;
     assert_non_null(man);
     size_t i;
     json_array_foreach(json_object_get(man, "cases"), i, v) {

@@ -87,7 +87,7 @@ static void test_oracle(void **state) {
     char path[4096];
     snprintf(path, sizeof path, "%s/manifest.json", tt_fixtures());
     json_error_t jerr;
-    json_t *man = json_load_file(path, 0, &jerr);
+    json_t *man = json_load_file(path, JSON_ALLOW_NUL, &jerr);
     if (!man)
         fail_msg("%s: %s", path, jerr.text);
     json_t *cases = json_object_get(man, "cases"), *c, *prompts = NULL;

@@ -47,7 +47,7 @@ static json_t *manifest_case(json_t **manifest, const char *name) {
     char path[4096];
     snprintf(path, sizeof path, "%s/manifest.json", fixtures());
     json_error_t err;
-    *manifest = json_load_file(path, 0, &err);
+    *manifest = json_load_file(path, JSON_ALLOW_NUL, &err);
     if (!*manifest) fail_msg("%s: %s", path, err.text);
     size_t i;
     json_t *c;

@@ -29,7 +29,7 @@ static const json_t *case_json(const char *name) {
         char path[4096];
         snprintf(path, sizeof path, "%s/manifest.json", fixtures());
         json_error_t err;
-        manifest = json_load_file(path, 0, &err);
+        manifest = json_load_file(path, JSON_ALLOW_NUL, &err);
         if (!manifest) fail_msg("%s: %s", path, err.text);
     }
     size_t i;
