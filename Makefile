@@ -16,8 +16,8 @@ WFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -pthread -MMD -MP -I.
 LDLIBS  += -lvulkan -lmicrohttpd -ljansson -lpng -lz -lm -pthread
 GLSLANG ?= glslangValidator
 
-LIB_SRC   := $(sort $(wildcard compute/*.c models/*.c server/*.c))
-LIB_SRC   := $(filter-out server/main.c,$(LIB_SRC))
+LIB_SRC   := $(sort $(wildcard common/*.c compute/*.c models/*.c server/*.c tools/*.c))
+LIB_SRC   := $(filter-out tools/main.c,$(LIB_SRC))
 TEST_SRC  := $(sort $(wildcard tests/test_*.c))
 TEST_UTIL := $(wildcard tests/*util.c)
 SHADERS   := $(sort $(wildcard shaders/*.comp))
@@ -86,7 +86,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/shaders.o $(BUILD)/
 UTIL_OBJ := $(TEST_UTIL:%.c=$(BUILD)/obj/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-$(BUILD)/diffusiond: $(BUILD)/obj/server/main.o $(LIB_OBJ)
+$(BUILD)/diffusiond: $(BUILD)/obj/tools/main.o $(LIB_OBJ)
 	$(CC) $(WFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(UTIL_OBJ) $(LIB_OBJ)

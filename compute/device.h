@@ -7,7 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "status.h"
+#include "../common/status.h"
 
 enum dev_type { DEV_OTHER, DEV_INTEGRATED, DEV_DISCRETE, DEV_VIRTUAL, DEV_CPU };
 

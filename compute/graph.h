@@ -15,7 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "status.h"
+#include "../common/status.h"
 
 #define CG_MAX_DIMS 4
 #define CG_MAX_SRC 4

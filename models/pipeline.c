@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "compute/program.h"
+#include "../common/clock.h"
 
 #define CONTEXT 77
 #define PAD_ID 49407 /* SD1.x pads with the end token */
@@ -47,12 +48,6 @@ const char *pipe_stage_name(enum pipe_stage s) {
     case PIPE_DONE: return "done";
     }
     return "?";
-}
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 static void pass_free(struct pass *p) {
@@ -196,7 +191,7 @@ static df_status check_request(const struct model *m, const struct pipe_request 
 static bool cancelled(const struct pipe_request *r) { return r->cancel && atomic_load(r->cancel); }
 
 static void progress(const struct pipe_request *r, enum pipe_stage stage, int step, int steps, double t0) {
-    if (r->progress) r->progress(r->progress_ctx, stage, step, steps, now() - t0);
+    if (r->progress) r->progress(r->progress_ctx, stage, step, steps, clock_now() - t0);
 }
 
 /* Negative prompt first: diffusers concatenates [uncond, cond]. */
@@ -287,7 +282,7 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
     memset(res, 0, sizeof *res);
     df_status st = check_request(m, req);
     if (st != DF_OK) return st;
-    double t0 = now(), t;
+    double t0 = clock_now(), t;
     dev_memory_reset_peak(w->dev);
     bool cfg = req->cfg_scale > 1.0f;
     int n = req->batch, s = vae_scale(&m->vae.cfg);
@@ -321,13 +316,13 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
 
     /* text */
     progress(req, PIPE_TEXT, 0, 0, t0);
-    t = now();
+    t = clock_now();
     if ((st = encode_text(w, m, req, cfg, embeds)) != DF_OK) goto done;
     for (size_t b = 0; b < ub; b++) { /* [uncond x n, cond x n] */
         size_t which = cfg ? (b < (size_t)n ? 0 : 1) : 0;
         memcpy(context + b * CONTEXT * D, embeds + which * CONTEXT * D, CONTEXT * D * sizeof(float));
     }
-    res->seconds_text = now() - t;
+    res->seconds_text = clock_now() - t;
     if (cancelled(req)) { st = df_error(DF_ECANCELLED, "cancelled"); goto done; }
 
     /* samplers and generators: image i has its own, seeded seed + i */
@@ -340,7 +335,7 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
     }
     if (req->init_image) {
         progress(req, PIPE_ENCODE, 0, 0, t0);
-        t = now();
+        t = clock_now();
         mean = malloc(r.latent * sizeof *mean);
         logvar = malloc(r.latent * sizeof *logvar);
         if (!mean || !logvar) { st = df_error(DF_ENOMEM, "out of host memory"); goto done; }
@@ -356,7 +351,7 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
             if ((st = rng_randn(r.rng[i], r.noise, r.latent)) != DF_OK) goto done;
             if ((st = smp_add_noise(r.smp[i], x, r.noise, x, r.latent)) != DF_OK) goto done;
         }
-        res->seconds_encode = now() - t;
+        res->seconds_encode = clock_now() - t;
     } else {
         for (int i = 0; i < n; i++) {
             float *x = r.x + (size_t)i * r.latent, sigma = smp_init_noise_sigma(r.smp[i]);
@@ -368,7 +363,7 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
     /* denoise: one replay of the recorded UNet pass per model evaluation.
      * The passes share one arena, so the UNet's inputs are written only
      * now, after the text and image encoders have run. */
-    t = now();
+    t = clock_now();
     if ((st = prog_write(w->unet.p, w->unet.in[2], context)) != DF_OK) goto done;
     int evals = smp_n_evals(r.smp[0]);
     progress(req, PIPE_DENOISE, 0, evals, t0);
@@ -396,11 +391,11 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
         }
         progress(req, PIPE_DENOISE, smp_eval_index(r.smp[0]), evals, t0);
     }
-    res->seconds_denoise = now() - t;
+    res->seconds_denoise = clock_now() - t;
     memcpy(res->latents, r.x, (size_t)n * r.latent * sizeof(float));
 
     /* decode, one image at a time: the VAE's activations dominate memory */
-    t = now();
+    t = clock_now();
     for (int i = 0; i < n; i++) {
         if (cancelled(req)) { st = df_error(DF_ECANCELLED, "cancelled"); goto done; }
         progress(req, PIPE_DECODE, i, n, t0);
@@ -408,8 +403,8 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
                                 res->images + (size_t)i * req->width * req->height * 3)) != DF_OK)
             goto done;
     }
-    res->seconds_decode = now() - t;
-    res->seconds_total = now() - t0;
+    res->seconds_decode = clock_now() - t;
+    res->seconds_total = clock_now() - t0;
     res->device_peak_bytes = dev_memory_peak(w->dev);
     progress(req, PIPE_DONE, n, n, t0);
 done:

@@ -25,6 +25,8 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "../common/npmath.h"
+
 /* ------------------------------------------------------------------------ */
 /* mt19937, as at::mt19937 (standard MT19937, 32-bit seed)                   */
 
@@ -195,33 +197,6 @@ static void torch_fill16(float *d)
  * copies on none. Note that A1111's own numpy code promotes uint32*float32 to
  * float64, so stock A1111 noise can differ from this in the last bit or two. */
 
-static float numpy_logf(float x) /* x normal and positive here */
-{
-    uint32_t bits;
-    memcpy(&bits, &x, sizeof bits);
-    float expo = (float)((int32_t)(bits >> 23) - 0x7E);
-    bits = (bits & 0x7fffffu) | (126u << 23); /* mantissa in [0.5, 1) */
-    float m;
-    memcpy(&m, &bits, sizeof m);
-    if (m <= 0.707106781186547524400844362104849039f) {
-        m = m + m;
-        expo = expo - 1.0f;
-    }
-    m = m - 1.0f;
-    float num = fmaf(2.589979117907922693523e-02f, m, 3.808837741388407920751e-01f);
-    num = fmaf(num, m, 1.480000633576506585156e+00f);
-    num = fmaf(num, m, 2.112677543073053063722e+00f);
-    num = fmaf(num, m, 9.999999999999998702752e-01f);
-    num = fmaf(num, m, 0.0f);
-    float den = fmaf(5.875095403124574342950e-03f, m, 1.546476374983906719538e-01f);
-    den = fmaf(den, m, 9.864942958519418960339e-01f);
-    den = fmaf(den, m, 2.453006071784736363091e+00f);
-    den = fmaf(den, m, 2.612677543073109236779e+00f);
-    den = fmaf(den, m, 1.0f);
-    float p = num / den;
-    return fmaf(expo, 0.693147180559945309417232121458176568f, p);
-}
-
 static float numpy_sinf(float x) /* |x| small (here [0, 2pi]) */
 {
     const float magic = 0x1.800000p+23f; /* round to nearest integer */
@@ -282,7 +257,7 @@ static void philox_randn(uint64_t seed, uint64_t offset, float *out, size_t n)
         u = u + half_inv32;
         float v = (float)ctr[1] * inv32_2pi;
         v = v + half_inv32_2pi;
-        float lg = numpy_logf(u);
+        float lg = np_logf(u);
         float s = sqrtf(-2.0f * lg);
         out[i] = s * numpy_sinf(v);
     }

@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../compute/status.h"
+#include "../common/status.h"
 
 enum rng_kind {
     RNG_TORCH_CPU,

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../compute/status.h"
+#include "../common/status.h"
 
 #define ST_MAX_DIMS 8
 

@@ -28,7 +28,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "../compute/status.h"
+#include "../common/status.h"
 
 struct json_t; /* jansson */
 

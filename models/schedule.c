@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/npmath.h"
+
 /* Bit-exactness needs every a*b + c rounded twice, as torch and numpy do;
  * GCC in -std=c11 mode never contracts, clang would within an expression. */
 #ifdef __clang__
@@ -64,38 +66,6 @@ static double np_interp(double x, const float *fp, int n) {
     double r = slope * (x - (double)j) + (double)fp[j];
     if (isnan(r)) r = slope * (x - (double)(j + 1)) + (double)fp[j + 1];
     return r;
-}
-
-/* np.log on a float32 array as numpy computes it on x86 with AVX2/FMA3 or
- * AVX512F (simd_log_FLOAT in loops_exponent_log.dispatch.c.src): mantissa
- * in [sqrt(1/2), sqrt(2)), a 5/5 rational minimax polynomial evaluated with
- * fused multiply-adds, plus e*ln2. It differs from a correctly rounded logf
- * in the last bit for ~1 in 5 table entries, which moves the fractional
- * karras timesteps by an ulp; with it the oracle's timesteps are exact.
- * Only positive normal inputs reach it (the sigma table). */
-static float np_logf(float v) {
-    uint32_t bits;
-    memcpy(&bits, &v, sizeof bits);
-    float e = (float)((int32_t)(bits >> 23) - 126);
-    const uint32_t mbits = (bits & 0x7fffffu) | (126u << 23);
-    float m;
-    memcpy(&m, &mbits, sizeof m);
-    if (m <= 0.707106781186547524400844362104849039f) { /* NPY_SQRT1_2f */
-        m = m + m;
-        e = e - 1.0f;
-    }
-    const float x = m - 1.0f;
-    float num = fmaf(2.589979117907922693523e-02f, x, 3.808837741388407920751e-01f);
-    num = fmaf(num, x, 1.480000633576506585156e+00f);
-    num = fmaf(num, x, 2.112677543073053063722e+00f);
-    num = fmaf(num, x, 9.999999999999998702752e-01f);
-    num = fmaf(num, x, 0.0f);
-    float den = fmaf(5.875095403124574342950e-03f, x, 1.546476374983906719538e-01f);
-    den = fmaf(den, x, 9.864942958519418960339e-01f);
-    den = fmaf(den, x, 2.453006071784736363091e+00f);
-    den = fmaf(den, x, 2.612677543073109236779e+00f);
-    den = fmaf(den, x, 1.0f);
-    return fmaf(e, 0.693147180559945309417232121458176568f, num / den); /* NPY_LOGE2f */
 }
 
 /* The sigma table and its float32 logs (np.log(sigmas)). */

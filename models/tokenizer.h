@@ -26,7 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../compute/status.h"
+#include "../common/status.h"
 
 #define TOK_MAX_INPUT (256u << 10) /* prompt bytes accepted by tok_encode */
 

@@ -13,7 +13,6 @@
 
 #include "image.h"
 #include "log.h"
-#include "sdapi.h"
 
 #define API_SSE_KEEPALIVE_S 15.0
 #define API_LIST_MAX 1000
@@ -841,8 +840,11 @@ void api_handle(void *ctx, struct http_request *req) {
         if (method_is(req, "GET")) route_metrics(app, req);
         return;
     }
+    const struct api_extension *ext = NULL;
+    for (int i = 0; i < app->n_extensions && !ext; i++)
+        if (strncmp(path, app->extensions[i].prefix, strlen(app->extensions[i].prefix)) == 0) ext = &app->extensions[i];
     bool known = strcmp(path, "/generate") == 0 || strcmp(path, "/jobs") == 0 || strncmp(path, "/jobs/", 6) == 0 ||
-                 strcmp(path, "/models") == 0 || strncmp(path, "/sdapi/v1/", 10) == 0;
+                 strcmp(path, "/models") == 0 || ext;
     if (!known) {
         http_respond_error(req, 404, "not_found", NULL, "no such endpoint: %.100s", path);
         return;
@@ -854,8 +856,8 @@ void api_handle(void *ctx, struct http_request *req) {
                            stopping ? "the server is shutting down" : "models are still loading");
         return;
     }
-    if (strncmp(path, "/sdapi/v1/", 10) == 0) {
-        if (!sdapi_handle(app, req)) http_respond_error(req, 404, "not_found", NULL, "no such endpoint: %.100s", path);
+    if (ext) {
+        if (!ext->handle(app, req)) http_respond_error(req, 404, "not_found", NULL, "no such endpoint: %.100s", path);
     } else if (strcmp(path, "/generate") == 0) {
         if (method_is(req, "POST")) route_generate(app, req, false);
     } else if (strcmp(path, "/jobs") == 0) {

@@ -35,6 +35,16 @@
 #include "http.h"
 #include "jobs.h"
 
+struct api_ctx;
+
+/* Another API served beside the native one (the A1111 endpoints): every
+ * path under `prefix` goes to `handle` once the models are ready; it returns
+ * false for a path it does not know (404). */
+struct api_extension {
+    const char *prefix;
+    bool (*handle)(struct api_ctx *app, struct http_request *req);
+};
+
 struct api_model {
     const struct model *m;       /* the copy on the first device: name, hash, config */
     char title[300];             /* A1111's "name.safetensors [hash]" */
@@ -53,6 +63,8 @@ struct api_ctx {
     atomic_bool ready, stopping;
     /* A1111 options a client may change (POST /sdapi/v1/options) */
     atomic_int sd_model, sd_clip_skip, sd_rng;
+    const struct api_extension *extensions;
+    int n_extensions;
 };
 
 /* The http_handler of the whole API. */

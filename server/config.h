@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#include "../compute/status.h"
+#include "../common/status.h"
 #include "../models/weights.h"
 #include "log.h"
 

@@ -20,6 +20,7 @@
 
 #include "../models/sha256.h"
 #include "log.h"
+#include "../common/clock.h"
 
 #define HTTP_CONNECTION_LIMIT 1024
 #define HTTP_IDLE_TIMEOUT_S 60     /* idle keep-alive and slow clients; suspended ones never time out */
@@ -77,12 +78,6 @@ struct http_request {
     struct http_request *wnext, *wprev;
 };
 
-static double mono(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void poke_watcher(struct http_server *s) {
     uint64_t one = 1;
     if (write(s->wake_fd, &one, sizeof one) < 0) { /* the counter is saturated: it wakes anyway */ }
@@ -94,7 +89,7 @@ static void suspend_locked(struct http_request *r) {
     struct http_server *s = r->s;
     r->suspended = true;
     r->token = ++s->next_token;
-    r->suspended_at = mono();
+    r->suspended_at = clock_now();
     r->wprev = NULL;
     r->wnext = s->susp;
     if (s->susp) s->susp->wprev = r;
@@ -176,7 +171,7 @@ static void *watcher_main(void *arg) {
                     break;
                 }
         }
-        double now = mono();
+        double now = clock_now();
         for (struct http_request *r = s->susp, *next; r; r = next) {
             next = r->wnext;
             if (r->stream && r->keepalive_s > 0 && now - r->suspended_at >= r->keepalive_s) {
@@ -442,7 +437,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         r->conn = c;
         r->method = method;
         r->url = url;
-        r->t0 = mono();
+        r->t0 = clock_now();
         r->seq = atomic_fetch_add(&s->seq, 1);
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         r->fd = ci ? ci->connect_fd : -1;
@@ -504,7 +499,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     *con_cls = NULL;
     bool ok = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
     if (r->release) r->release(r->user, ok);
-    double secs = mono() - r->t0;
+    double secs = clock_now() - r->t0;
     enum log_level lv = !ok ? LOGL_INFO
                         : r->status >= 500 ? LOGL_WARN
                         : path_in(r->url, s->cfg.quiet_paths, s->cfg.n_quiet_paths) ? LOGL_DEBUG
@@ -591,9 +586,9 @@ void http_quiesce(struct http_server *s) {
 }
 
 bool http_drain(struct http_server *s, double timeout_s) {
-    double end = mono() + timeout_s;
+    double end = clock_now() + timeout_s;
     while (atomic_load(&s->active) > 0) {
-        if (mono() >= end) return false;
+        if (clock_now() >= end) return false;
         usleep(10000);
     }
     return true;

@@ -26,7 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../compute/status.h"
+#include "../common/status.h"
 
 /* Encodes a w x h RGB image as an 8-bit RGB PNG in memory. `parameters_text`
  * (UTF-8, may be NULL for none) becomes the "parameters" text chunk. On

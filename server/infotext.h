@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../compute/status.h"
+#include "../common/status.h"
 
 struct info_kv {
     const char *key;

@@ -12,6 +12,7 @@
 #include "image.h"
 #include "infotext.h"
 #include "log.h"
+#include "../common/clock.h"
 
 struct job {
     atomic_int refs;
@@ -67,12 +68,6 @@ struct jobs {
 
 static const double step_buckets[JOBS_HIST_BUCKETS] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 static const double job_buckets[JOBS_HIST_BUCKETS] = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600};
-
-static double mono(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static double unix_now(void) {
     struct timespec ts;
@@ -197,7 +192,7 @@ static void fill_status(const struct jobs *js, const struct job *j, struct job_s
     st->created = j->created;
     st->started = j->started;
     st->finished = j->finished;
-    double now = mono();
+    double now = clock_now();
     if (j->state == JOB_QUEUED) {
         st->queue_seconds = now - j->t_created;
         int pos = 1;
@@ -234,7 +229,7 @@ static void changed(struct jobs *js, struct job *j) {
 static void finish(struct jobs *js, struct job *j, enum job_state state) {
     j->state = state;
     j->finished = unix_now();
-    j->t_finished = mono();
+    j->t_finished = clock_now();
     if (state == JOB_DONE) js->done++;
     else if (state == JOB_FAILED) js->failed++;
     else js->cancelled++;
@@ -285,7 +280,7 @@ static void on_progress(void *ctx, enum pipe_stage stage, int step, int steps, d
     struct run_ctx *rc = ctx;
     struct jobs *js = rc->js;
     struct job *j = rc->job;
-    double now = mono();
+    double now = clock_now();
     pthread_mutex_lock(&js->mu);
     if (stage == PIPE_DENOISE && step > 0 && j->t_step > 0) hist_add(&js->step_h, now - j->t_step);
     if (stage == PIPE_DENOISE) j->t_step = now;
@@ -428,7 +423,7 @@ static void *worker_main(void *arg) {
         j->state = JOB_RUNNING;
         j->worker = w->index;
         j->started = unix_now();
-        j->t_started = mono();
+        j->t_started = clock_now();
         j->stage = PIPE_TEXT;
         hist_add(&js->wait_h, j->t_started - j->t_created);
         changed(js, j);
@@ -457,7 +452,7 @@ static void *reaper_main(void *arg) {
         clock_gettime(CLOCK_MONOTONIC, &until);
         until.tv_sec += 1;
         pthread_cond_timedwait(&js->reaper_cv, &js->mu, &until);
-        double now = mono();
+        double now = clock_now();
         struct job *j = js->first;
         while (j) {
             struct job *next = j->next;
@@ -597,7 +592,7 @@ df_status jobs_submit(struct jobs *js, struct job_params *params, struct job **o
     if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
         /* never expected on Linux >= 3.17; ids must still be unique */
         static atomic_uint_fast64_t fallback;
-        uint64_t v = atomic_fetch_add(&fallback, 1) ^ (uint64_t)(mono() * 1e9);
+        uint64_t v = atomic_fetch_add(&fallback, 1) ^ (uint64_t)(clock_now() * 1e9);
         memcpy(rnd, &v, 8);
         memcpy(rnd + 8, &v, 8);
     }
@@ -611,7 +606,7 @@ df_status jobs_submit(struct jobs *js, struct job_params *params, struct job **o
     j->worker = -1;
     j->version = 1; /* a watcher that has seen nothing has seen version 0 */
     j->created = unix_now();
-    j->t_created = mono();
+    j->t_created = clock_now();
 
     pthread_mutex_lock(&js->mu);
     if (js->stopping || js->queued >= js->cfg.queue_max) {

@@ -11,7 +11,7 @@
 
 #include <stdbool.h>
 
-#include "../compute/status.h"
+#include "../common/status.h"
 
 enum log_level { LOGL_DEBUG, LOGL_INFO, LOGL_WARN, LOGL_ERROR };
 

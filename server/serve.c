@@ -17,6 +17,8 @@
 #include "http.h"
 #include "jobs.h"
 #include "log.h"
+#include "sdapi.h"
+#include "../common/clock.h"
 
 #define SERVE_DRAIN_ANSWERS_S 10.0 /* after the jobs end: time to send their answers */
 
@@ -30,12 +32,6 @@ struct server {
     struct api_ctx app;
     bool stopped;
 };
-
-static double mono(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void model_log(void *ctx, const char *message) {
     log_write(LOGL_INFO, NULL, "model %s: %s", (const char *)ctx, message);
@@ -96,14 +92,14 @@ static df_status load_models(struct server *s) {
             opt.unet_config = cfgs[0];
             opt.vae_config = cfgs[1];
             opt.text_encoder_config = cfgs[2];
-            double t = mono();
+            double t = clock_now();
             struct model **slot = &s->models[d * c->n_models + i];
             if (st == DF_OK) st = model_load(s->devices[d], &opt, slot);
             if (st == DF_OK && cm->scheduler_config) st = smp_config_load(cm->scheduler_config, &(*slot)->scheduler);
             for (int k = 0; k < 3; k++) json_decref(cfgs[k]);
             if (st != DF_OK) return df_error(st, "model %s: %s", what, df_errmsg());
             const struct model *m = *slot;
-            log_write(LOGL_INFO, NULL, "model %s loaded on device %d in %.2f s (%s, %s)", m->name, d, mono() - t,
+            log_write(LOGL_INFO, NULL, "model %s loaded on device %d in %.2f s (%s, %s)", m->name, d, clock_now() - t,
                       ckpt_family_name(m->family), m->layout ? m->layout : "?");
         }
     for (int i = 0; i < c->n_models; i++) { /* the table requests name models by */
@@ -133,6 +129,9 @@ df_status serve_create(const struct config *cfg, struct server **out) {
     atomic_init(&s->app.sd_model, 0);
     atomic_init(&s->app.sd_clip_skip, 1);
     atomic_init(&s->app.sd_rng, RNG_PHILOX); /* A1111's default randn_source is "GPU" */
+    static const struct api_extension extensions[] = {{"/sdapi/v1/", sdapi_handle}};
+    s->app.extensions = extensions;
+    s->app.n_extensions = sizeof extensions / sizeof extensions[0];
 
     static const char *const open_paths[] = {"/health", "/ready"};
     static const char *const quiet_paths[] = {"/health", "/ready", "/metrics", "/sdapi/v1/progress"};
@@ -142,7 +141,7 @@ df_status serve_create(const struct config *cfg, struct server **out) {
         .open_paths = open_paths, .n_open_paths = 2, .quiet_paths = quiet_paths, .n_quiet_paths = 4,
         .handler = api_handle, .ctx = &s->app,
     };
-    double t0 = mono();
+    double t0 = clock_now();
     df_status st = http_create(&hc, &s->http);
     if (st == DF_OK) {
         log_write(LOGL_INFO, NULL, "listening on %s:%d%s%s", cfg->host, http_port(s->http),
@@ -174,7 +173,7 @@ df_status serve_create(const struct config *cfg, struct server **out) {
     }
     s->app.jobs = s->jobs;
     atomic_store(&s->app.ready, true); /* publishes app.jobs to the HTTP threads */
-    log_write(LOGL_INFO, NULL, "ready in %.2f s: %d model(s), %d device(s), %d worker(s), queue of %d", mono() - t0,
+    log_write(LOGL_INFO, NULL, "ready in %.2f s: %d model(s), %d device(s), %d worker(s), queue of %d", clock_now() - t0,
               cfg->n_models, s->n_devices, s->n_devices * cfg->workers, cfg->queue_max);
     *out = s;
     return DF_OK;

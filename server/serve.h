@@ -13,7 +13,7 @@
 #ifndef DF_SERVE_H
 #define DF_SERVE_H
 
-#include "../compute/status.h"
+#include "../common/status.h"
 #include "config.h"
 
 struct server;

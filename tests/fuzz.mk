@@ -13,7 +13,7 @@ FUZZ_TIME ?= 60
 CORPUS    := tests/corpus/safetensors
 SCRATCH   := $(BUILD)/corpus
 FUZZER    := $(BUILD)/fuzz_safetensors
-FUZZ_SRC  := tests/fuzz_safetensors.c models/safetensors.c compute/status.c
+FUZZ_SRC  := tests/fuzz_safetensors.c models/safetensors.c common/status.c
 FUZZ_FLAGS = -max_total_time=$(FUZZ_TIME) -max_len=4096 -dict=$(BUILD)/safetensors.dict \
 	     -artifact_prefix=$(BUILD)/ -print_final_stats=1
 
@@ -28,7 +28,7 @@ run: $(FUZZER) $(BUILD)/safetensors.dict
 
 build: $(FUZZER)
 
-$(FUZZER): $(FUZZ_SRC) models/safetensors.h compute/status.h tests/fuzz.mk
+$(FUZZER): $(FUZZ_SRC) models/safetensors.h common/status.h tests/fuzz.mk
 	@mkdir -p $(BUILD)
 	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	    -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g -O1 -o $@ $(FUZZ_SRC) -ljansson

@@ -10,7 +10,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "server/cli.h"
+#include "tools/cli.h"
 #include "server/image.h"
 #include "server/infotext.h"
 #include "testutil.h"

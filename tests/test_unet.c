@@ -14,7 +14,7 @@
 #include <cmocka.h>
 
 #include "../models/unet.h"
-#include "../server/check.h"
+#include "../tools/check.h"
 #include "testutil.h"
 
 #define LDM_PREFIX "model.diffusion_model."

@@ -14,7 +14,7 @@
 #include <cmocka.h>
 
 #include "../models/vae.h"
-#include "../server/check.h"
+#include "../tools/check.h"
 #include "testutil.h"
 
 static json_t *manifest;

@@ -7,7 +7,7 @@
 #include "check.h"
 #include "bench.h"
 #include "cli.h"
-#include "serve.h"
+#include "server/serve.h"
 
 static const char *type_name(enum dev_type t) {
     switch (t) {

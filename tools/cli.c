@@ -8,8 +8,8 @@
 #include <string.h>
 
 #include "compute/device.h"
-#include "image.h"
-#include "infotext.h"
+#include "server/image.h"
+#include "server/infotext.h"
 #include "models/model.h"
 #include "models/pipeline.h"
 

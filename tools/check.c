@@ -1,5 +1,6 @@
 /* check: drives the fixture cases and prints one verdict line per case. */
 #include "check.h"
+#include "../common/clock.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -107,12 +108,6 @@ static check_fn find_check(const char *component) {
     return NULL;
 }
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 int check_fixtures_main(int argc, char **argv) {
     const char *dir = NULL, *only = NULL;
     struct dev_config cfg = {.index = -1};
@@ -168,7 +163,7 @@ int check_fixtures_main(int argc, char **argv) {
             continue;
         }
         struct check_case c = {.name = name, .json = cs};
-        double t0 = now();
+        double t0 = clock_now();
         df_status st = check_open(&ctx, file, &c.file);
         if (st == DF_OK) st = fn(&ctx, &c);
         if (st == DF_EUNSUPPORTED) {
@@ -178,7 +173,7 @@ int check_fixtures_main(int argc, char **argv) {
             failures++;
         } else {
             printf("%s %s rel_err=%.3e (%s) %.2fs\n", c.failed ? "FAIL" : "PASS", name, c.max_err, c.detail,
-                   now() - t0);
+                   clock_now() - t0);
             if (c.failed) failures++;
             else passes++;
         }

@@ -13,14 +13,9 @@
 
 #include "compute/program.h"
 #include "models/model.h"
+#include "../common/clock.h"
 
 #define MAX_SIZES 8
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void log_line(void *ctx, const char *message) {
     (void)ctx;
@@ -63,9 +58,9 @@ static df_status time_pass(struct device *dev, struct cg_graph *g, struct cg_ten
         if (st == DF_OK) st = prog_write(p, inputs[i], x);
         free(x);
     }
-    double t = now();
+    double t = clock_now();
     if (st == DF_OK) st = prog_run(p);
-    s->host_s = now() - t;
+    s->host_s = clock_now() - t;
     int n = prog_profile(p, NULL, 0);
     struct prog_timing *tm = n > 0 ? calloc((size_t)n, sizeof *tm) : NULL;
     if (tm) prog_profile(p, tm, n);
@@ -178,14 +173,14 @@ int bench_main(int argc, char **argv) {
         fprintf(stderr, "bench: %s\n", df_errmsg());
         return 1;
     }
-    double t = now();
+    double t = clock_now();
     struct model *m;
     if (model_load(dev, &mo, &m) != DF_OK) {
         fprintf(stderr, "bench: %s\n", df_errmsg());
         dev_destroy(dev);
         return 1;
     }
-    printf("device: %s\nmodel: %s (%s), loaded in %.1f s\n", dev_caps(dev)->name, m->name, m->layout, now() - t);
+    printf("device: %s\nmodel: %s (%s), loaded in %.1f s\n", dev_caps(dev)->name, m->name, m->layout, clock_now() - t);
     int rc = 0;
     for (int i = 0; i < nsizes && !rc; i++) {
         dev_memory_reset_peak(dev);
