@@ -103,7 +103,7 @@ static df_status record_unet(struct pass *p, const struct model *m, int batch, i
     p->in[1] = cg_input(p->g, "timestep", 1, (int64_t[]){batch});
     p->in[2] = cg_input(p->g, "encoder_hidden_states", 3, (int64_t[]){batch, CONTEXT, c->cross_attention_dim});
     struct unet_outputs o;
-    if ((st = unet_forward(p->g, &m->unet, p->in[0], p->in[1], p->in[2], NULL, &o)) != DF_OK) return st;
+    if ((st = unet_forward(p->g, &m->unet, p->in[0], p->in[1], p->in[2], NULL, NULL, &o)) != DF_OK) return st;
     p->out = o.sample;
     cg_output(p->g, p->out);
     return cg_plan(p->g, &p->bytes);

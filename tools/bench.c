@@ -116,7 +116,7 @@ static df_status bench_size(struct device *dev, struct model *m, int size) {
         cg_input(g, "context", 3, (int64_t[]){2, 77, m->unet.cfg.cross_attention_dim}),
     };
     struct unet_outputs uo;
-    if ((st = unet_forward(g, &m->unet, in[0], in[1], in[2], NULL, &uo)) == DF_OK) {
+    if ((st = unet_forward(g, &m->unet, in[0], in[1], in[2], NULL, NULL, &uo)) == DF_OK) {
         cg_output(g, uo.sample);
         st = time_pass(dev, g, in, 3, &unet);
     }
