@@ -34,7 +34,7 @@ static df_status detect_v(struct model *m, struct device *dev, bool *is_v) {
     struct unet_outputs o;
     float *buf = malloc((size_t)(n > ctx ? n : ctx) * sizeof *buf);
     if (!buf) st = df_error(DF_ENOMEM, "out of memory");
-    if (st == DF_OK) st = unet_forward(g, &m->unet, x, t, cond, NULL, &o);
+    if (st == DF_OK) st = unet_forward(g, &m->unet, x, t, cond, NULL, NULL, &o);
     if (st == DF_OK) {
         cg_output(g, o.sample);
         st = prog_create(dev, g, &(struct prog_options){0}, &p);

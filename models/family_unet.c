@@ -18,7 +18,6 @@ df_status fu_load_unet(struct model *m, struct device *dev, const struct comp_so
     int n = 0;
     const char *prefix = "";
     df_status st = DF_OK;
-    (void)pooled_dim;
     if (st_find(s->file, LDM_UNET_PREFIX "input_blocks.0.0.weight")) { /* original layout */
         prefix = LDM_UNET_PREFIX;
         TRY(unet_infer_config_file(s->file, prefix, &cfg));
@@ -30,6 +29,10 @@ df_status fu_load_unet(struct model *m, struct device *dev, const struct comp_so
         st = df_error(DF_EINVAL, "%s is a %s, not a UNet", s->path, ckpt_family_name(s->kind.family));
         goto done;
     }
+    /* shapes give pooled + 6 time-id widths together; the text encoder
+     * tells the pooled part */
+    if (cfg.addition_embed_type == UNET_ADD_TEXT_TIME && !cfg.addition_time_embed_dim && pooled_dim > 0)
+        TRY(unet_config_set_pooled_dim(&cfg, pooled_dim, 6));
     TRY(wts_create(dev, m->precision, &m->weights[COMP_UNET]));
     TRY(wts_load(m->weights[COMP_UNET], s->file, prefix, renames, n));
     TRY(unet_load(m->weights[COMP_UNET], &cfg, &m->unet));
@@ -130,9 +133,16 @@ df_status fu_record_unet(struct cg_graph *g, const struct model *m, int batch, i
     io->sample = cg_input(g, "sample", 4, (int64_t[]){batch, c->in_channels, h, w});
     io->timestep = cg_input(g, "timestep", 1, (int64_t[]){batch});
     io->context = cg_input(g, "encoder_hidden_states", 3, (int64_t[]){batch, FU_CONTEXT, c->cross_attention_dim});
-    if (added) return df_error(DF_EUNSUPPORTED, "UNet added conditioning is not available in this build");
+    struct unet_added_cond cond = {0}, *add = NULL;
+    if (added) {
+        int pooled = c->projection_class_embeddings_input_dim - 6 * c->addition_time_embed_dim;
+        io->pooled = cg_input(g, "text_embeds", 2, (int64_t[]){batch, pooled});
+        io->time_ids = cg_input(g, "time_ids", 2, (int64_t[]){batch, 6});
+        cond = (struct unet_added_cond){io->pooled, io->time_ids};
+        add = &cond;
+    }
     struct unet_outputs o;
-    df_status st = unet_forward(g, &m->unet, io->sample, io->timestep, io->context, NULL, &o);
+    df_status st = unet_forward(g, &m->unet, io->sample, io->timestep, io->context, add, NULL, &o);
     if (st != DF_OK) return st;
     io->out = o.sample;
     return DF_OK;
