@@ -138,14 +138,8 @@ static df_status load_vae(struct model *m, struct device *dev, const struct comp
     } else if (st_find_prefixed(s->file, s->prefix, "decoder.conv_in.weight")) {
         const struct wts_rename strip = {s->prefix ? s->prefix : "", "", NULL};
         TRY(wts_load(m->weights[COMP_VAE], s->file, strip.from, &strip, 1));
-        TRY(vae_infer_config(m->weights[COMP_VAE], &cfg));
-        if (s->config) {
-            /* shapes cannot tell the latent scale; diffusers' config can */
-            const json_t *sf = json_object_get(s->config, "scaling_factor");
-            const json_t *sh = json_object_get(s->config, "shift_factor");
-            if (json_is_number(sf)) cfg.scaling_factor = (float)json_number_value(sf);
-            if (json_is_number(sh)) cfg.shift_factor = (float)json_number_value(sh);
-        }
+        if (s->config) TRY(vae_config_from_json(s->config, &cfg));
+        else TRY(vae_infer_config(m->weights[COMP_VAE], &cfg));
     } else {
         st = df_error(DF_EINVAL, "%s is a %s, not a VAE", s->path, ckpt_family_name(s->kind.family));
         goto done;
