@@ -44,7 +44,9 @@ static const struct {
     {"token_embedding.", "text_model.embeddings.token_embedding."},
     {"positional_embedding", "text_model.embeddings.position_embedding.weight"},
     {"ln_final.", "text_model.final_layer_norm."},
-    {"text_projection", "text_projection"}, /* [D, P]: transposed by openclip_derive */
+    /* [D, P], transposed by openclip_derive; a "text_projection.weight"
+     * (a Linear's [P, D], as some converters write it) keeps name and layout */
+    {"text_projection", "text_projection"},
     /* CLIP-training buffers, not weights of the text tower */
     {"logit_scale", "logit_scale"},
     {"attn_mask", "attn_mask"},

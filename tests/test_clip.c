@@ -172,12 +172,42 @@ static void test_bad_input(void **state) {
     st_close(f);
 }
 
+/* text_projection ([D, P]) is transposed; text_projection.weight, a
+ * Linear's [P, D] as some converters store it, is taken as it is. */
+static void test_projection_forms(void **state) {
+    (void)state;
+    static const char hdr[] = "{\"p.text_projection\":"
+                              "{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
+                              "\"q.text_projection.weight\":{\"dtype\":\"F32\",\"shape\":[3,2],\"data_offsets\":[24,48]}}";
+    uint8_t img[8 + sizeof hdr - 1 + 48] = {0};
+    uint64_t hl = sizeof hdr - 1;
+    memcpy(img, &hl, 8);
+    memcpy(img + 8, hdr, sizeof hdr - 1);
+    const char *prefixes[] = {"p.", "q."};
+    for (int i = 0; i < 2; i++) {
+        struct st_file *f;
+        assert_int_equal(st_open_memory(img, sizeof img, &f), DF_OK);
+        struct weights *w;
+        assert_int_equal(wts_create(tu_device(), WTS_F32, &w), DF_OK);
+        if (clip_load_weights(w, f, prefixes[i], CLIP_LAYOUT_OPENCLIP) != DF_OK) fail_msg("%s", df_errmsg());
+        int nd = 0;
+        int64_t ne[CG_MAX_DIMS];
+        assert_true(wts_has(w, "text_projection.weight", &nd, ne));
+        assert_int_equal(nd, 2);
+        assert_int_equal(ne[0], 3);
+        assert_int_equal(ne[1], 2);
+        wts_destroy(w);
+        st_close(f);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_openclip_g),
         cmocka_unit_test(test_prefixed_l),
         cmocka_unit_test(test_default_heads),
         cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_projection_forms),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
