@@ -23,6 +23,7 @@ const struct model_family family_sd1 = {
     .name = "sd1",
     .label = "SD1.x",
     .components = sd1_components,
+    .scheduler = smp_config_default_sd15,
     .load = sd1_load,
     .free = fu_free,
     .cond = fu_cond_single,

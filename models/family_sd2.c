@@ -80,6 +80,7 @@ const struct model_family family_sd2 = {
     .name = "sd2",
     .label = "SD2.x",
     .components = sd2_components,
+    .scheduler = smp_config_default_sd15,
     .load = sd2_load,
     .free = fu_free,
     .cond = fu_cond_single,

@@ -27,6 +27,13 @@ static bool force_zeros(const struct model_sources *src) {
     return on;
 }
 
+/* sd_xl_base_1.0's scheduler_config.json: SD's betas, "leading" spacing. */
+static struct smp_config sdxl_scheduler(void) {
+    struct smp_config c = smp_config_default_sd15();
+    c.timestep_spacing = SMP_SPACING_LEADING;
+    return c;
+}
+
 static df_status sdxl_load(struct model *m, struct device *dev, const struct model_sources *src) {
     const struct comp_source *l = &src->comp[COMP_TEXT_ENCODER], *g = &src->comp[COMP_TEXT_ENCODER_2];
     /* the original single file keeps L in transformers names and bigG in
@@ -108,6 +115,7 @@ const struct model_family family_sdxl = {
     .label = "SDXL",
     .components = sdxl_components,
     .vae_force_upcast = true,
+    .scheduler = sdxl_scheduler,
     .load = sdxl_load,
     .free = fu_free,
     .cond = sdxl_cond,

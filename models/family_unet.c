@@ -21,7 +21,8 @@ df_status fu_load_unet(struct model *m, struct device *dev, const struct comp_so
     df_status st = DF_OK;
     if (st_find(s->file, LDM_UNET_PREFIX "input_blocks.0.0.weight")) { /* original layout */
         prefix = LDM_UNET_PREFIX;
-        TRY(unet_infer_config_file(s->file, prefix, &cfg));
+        if (s->config) TRY(unet_config_from_json(s->config, &cfg));
+        else TRY(unet_infer_config_file(s->file, prefix, &cfg));
         TRY(unet_ldm_renames(&cfg, prefix, &renames, &n));
     } else if (s->kind.family == CKPT_UNET || s->kind.family == CKPT_SDXL) { /* diffusers names */
         if (s->config) TRY(unet_config_from_json(s->config, &cfg));
