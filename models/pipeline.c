@@ -183,7 +183,7 @@ static df_status encode_text(struct pipe_worker *w, const struct model *m, const
                              const struct fam_cond *fc, float *context, float *pooled) {
     const struct fam_text_pass *io = &w->text.text;
     const char *texts[2] = {r->negative_prompt ? r->negative_prompt : "", r->prompt};
-    int first = cfg ? 0 : 1, n_texts = 2 - first;
+    int first = cfg ? 0 : 1;
     df_status st = DF_OK;
     for (int k = 0; k < fc->n_encoders && st == DF_OK; k++) {
         float ids[2 * 512], rows[2];
@@ -207,7 +207,6 @@ static df_status encode_text(struct pipe_worker *w, const struct model *m, const
         memset(context, 0, (size_t)fc->context_len * fc->context_dim * sizeof *context);
         if (io->pooled) memset(pooled, 0, (size_t)fc->pooled_dim * sizeof *pooled);
     }
-    (void)n_texts;
     return st;
 }
 
