@@ -5,7 +5,7 @@
  * config inference from shapes reproduces the manifest's config;
  * config.json reading (every key, defaults, refusals naming the key), a
  * diffusers folder with SDXL's 8-group VAE, SD3's VAE without quant convs,
- * and configs contradicting the weights. */
+ * and configs contradicting the weights. Tiling: test_vae_tiles.c. */
 #include <jansson.h>
 #include <math.h>
 #include <setjmp.h>
