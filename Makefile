@@ -102,9 +102,16 @@ TEST_ENV = DF_TEST_FIXTURES=$(abspath $(FIXTURES)) DF_TEST_TINY_MODEL=$(abspath 
 PYTHON     ?= /usr/bin/python3
 TINY_MODEL ?= build/tiny-model
 .PHONY: tiny-model run demo load
-tiny-model: $(TINY_MODEL)/tiny-sd15.safetensors
+FIXTURES ?= ../shared/fixtures
+tiny-model: $(TINY_MODEL)/tiny-sd15.safetensors $(TINY_MODEL)/sdxl-conditioner-tiny.safetensors
 $(TINY_MODEL)/tiny-sd15.safetensors: tests/make_tiny_model.py
 	$(PYTHON) tests/make_tiny_model.py --out $(TINY_MODEL)
+# The fixtures' CLIP-L and CLIP-G as SDXL's single file stores them (tests/test_clip.c)
+$(TINY_MODEL)/sdxl-conditioner-tiny.safetensors: tools/clip_to_openclip.py $(FIXTURES)/clip_l_tiny.safetensors $(FIXTURES)/clip_g_tiny.safetensors
+	@mkdir -p $(dir $@)
+	$(PYTHON) tools/clip_to_openclip.py --out $@ \
+	    --transformers conditioner.embedders.0.transformer.=$(FIXTURES)/clip_l_tiny.safetensors \
+	    --openclip conditioner.embedders.1.model.=$(FIXTURES)/clip_g_tiny.safetensors
 
 # The daemon on 127.0.0.1:7860 with MODEL, or the tiny model.
 run: $(BUILD)/diffusiond tiny-model
@@ -122,7 +129,6 @@ $(BUILD)/load: tests/load.c
 load: $(BUILD)/diffusiond $(BUILD)/load tiny-model
 	BIN=$(BUILD)/diffusiond LOAD=$(BUILD)/load MODEL=$(TINY_MODEL)/tiny-sd15.safetensors ./deploy/load.sh
 
-FIXTURES ?= ../shared/fixtures
 test: $(TESTS) $(BUILD)/diffusiond tiny-model
 	@set -e; for t in $(TESTS); do echo "== $$t"; $(TEST_ENV) $(TEST_RUN) $$t; done
 	@echo "== check-fixtures $(FIXTURES) (fp32, then fp16 weights)"

@@ -56,7 +56,10 @@ static void write_safetensors(const char *path, const struct entry *e, int n) {
     assert_int_equal(fclose(f), 0);
 }
 
-static void refused(const char *key, const char *expect) {
+/* A file with one characteristic key: `want` is the status its load gives
+ * (refused families, or a family whose tensors are missing), `expect` a
+ * word the message must hold. */
+static void refused(const char *key, df_status want, const char *expect) {
     char path[] = "/tmp/df_test_family_XXXXXX";
     int fd = mkstemp(path);
     assert_true(fd >= 0);
@@ -69,26 +72,34 @@ static void refused(const char *key, const char *expect) {
     write_safetensors(path, e, 2);
     struct model *m = NULL;
     struct model_options opt = {.path = path, .precision = WTS_F32};
-    assert_int_equal(model_load(tu_device(), &opt, &m), DF_EUNSUPPORTED);
+    df_status st = model_load(tu_device(), &opt, &m);
+    if (st != want) fail_msg("%s: status %s, not %s: %s", key, df_status_name(st), df_status_name(want), df_errmsg());
     assert_null(m);
     if (!strstr(df_errmsg(), expect)) fail_msg("message \"%s\" lacks \"%s\"", df_errmsg(), expect);
     unlink(path);
 }
 
-static void test_other_families_refused(void **state) {
+static void test_other_families(void **state) {
     (void)state;
-    refused("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight", "SDXL");
-    refused("model.diffusion_model.label_emb.0.0.weight", "SDXL");
-    refused("cond_stage_model.model.token_embedding.weight", "2.x");
-    refused("model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", "MMDiT");
-    refused("double_blocks.0.img_attn.qkv.weight", "Flux");
+    refused("model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", DF_EUNSUPPORTED, "MMDiT");
+    refused("double_blocks.0.img_attn.qkv.weight", DF_EUNSUPPORTED, "Flux");
+    /* SDXL and SD2.x load, so a file of theirs with nothing in it names
+     * what is missing */
+    refused("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight", DF_EFORMAT,
+            "first_stage_model.");
+    refused("model.diffusion_model.label_emb.0.0.weight", DF_EFORMAT, "first_stage_model.");
+    refused("cond_stage_model.model.token_embedding.weight", DF_EFORMAT, "first_stage_model.");
 }
 
 static struct model_options fixture_components(char *unet, char *vae, char *clip, size_t n) {
     fixture_path(unet, n, "unet_sd15_tiny.safetensors");
     fixture_path(vae, n, "vae_tiny.safetensors");
     fixture_path(clip, n, "clip_text_tiny.safetensors");
-    return (struct model_options){.unet = unet, .vae = vae, .text_encoder = clip, .precision = WTS_F32};
+    struct model_options o = {.precision = WTS_F32};
+    o.component[COMP_UNET] = unet;
+    o.component[COMP_VAE] = vae;
+    o.component[COMP_TEXT_ENCODER] = clip;
+    return o;
 }
 
 /* Copies a fixture file, rewriting tensors through `edit`. */
@@ -162,7 +173,7 @@ static void generate(struct model *m, float **image) {
     struct pipe_result r;
     assert_int_equal(pipe_worker_create(tu_device(), &w), DF_OK);
     struct pipe_request req = small_request();
-    if (pipe_generate(w, m, &req, &r) != DF_OK) fail_msg("generate: %s", df_errmsg());
+    if (pipe_generate(w, m, &req, NULL, &r) != DF_OK) fail_msg("generate: %s", df_errmsg());
     *image = malloc(64 * 64 * 3 * sizeof **image);
     memcpy(*image, r.images, 64 * 64 * 3 * sizeof **image);
     pipe_result_free(&r);
@@ -180,8 +191,8 @@ static void test_bf16_file(void **state) {
     char bf16[] = "/tmp/df_test_bf16_unet_XXXXXX";
     close(mkstemp(bf16));
     rewrite(unet, bf16, to_bf16);
-    opt.unet = bf16;
-    opt.unet_config = NULL;
+    opt.component[COMP_UNET] = bf16;
+    opt.component_config[COMP_UNET] = NULL;
     if (model_load(tu_device(), &opt, &m16) != DF_OK) fail_msg("bf16 load: %s", df_errmsg());
     float *a, *b;
     generate(m32, &a);
@@ -203,7 +214,7 @@ static void expect_load_error(edit_fn edit, const char *tensor, const char *more
     char broken[] = "/tmp/df_test_broken_XXXXXX";
     close(mkstemp(broken));
     rewrite(unet, broken, edit);
-    opt.unet = broken;
+    opt.component[COMP_UNET] = broken;
     struct model *m = NULL;
     assert_int_equal(model_load(tu_device(), &opt, &m), DF_EFORMAT);
     assert_null(m);
@@ -234,21 +245,21 @@ static void test_reproducible(void **state) {
     assert_int_equal(pipe_worker_create(tu_device(), &w), DF_OK);
     struct pipe_request req = small_request();
     struct pipe_result r1, r2, r3;
-    assert_int_equal(pipe_generate(w, m, &req, &r1), DF_OK);
-    assert_int_equal(pipe_generate(w, m, &req, &r2), DF_OK);
+    assert_int_equal(pipe_generate(w, m, &req, NULL, &r1), DF_OK);
+    assert_int_equal(pipe_generate(w, m, &req, NULL, &r2), DF_OK);
     assert_memory_equal(r1.images, r2.images, 64 * 64 * 3 * sizeof(float));
     req.seed = 8;
-    assert_int_equal(pipe_generate(w, m, &req, &r3), DF_OK);
+    assert_int_equal(pipe_generate(w, m, &req, NULL, &r3), DF_OK);
     assert_true(memcmp(r1.images, r3.images, 64 * 64 * 3 * sizeof(float)) != 0);
     assert_int_equal(r3.seeds[0], 8);
     /* bad requests name the field and leave the worker usable */
     req.width = 60;
     struct pipe_result bad;
-    assert_int_equal(pipe_generate(w, m, &req, &bad), DF_EINVAL);
+    assert_int_equal(pipe_generate(w, m, &req, NULL, &bad), DF_EINVAL);
     assert_non_null(strstr(df_errmsg(), "width"));
     req.width = 64;
     req.steps = 0;
-    assert_int_equal(pipe_generate(w, m, &req, &bad), DF_EINVAL);
+    assert_int_equal(pipe_generate(w, m, &req, NULL, &bad), DF_EINVAL);
     assert_non_null(strstr(df_errmsg(), "steps"));
     pipe_result_free(&r1);
     pipe_result_free(&r2);
@@ -274,16 +285,14 @@ static void test_cancel(void **state) {
     atomic_bool cancel = false;
     struct pipe_request req = small_request();
     req.steps = 4;
-    req.cancel = &cancel;
-    req.progress = cancel_on_first_step;
-    req.progress_ctx = &cancel;
+    struct pipe_hooks hooks = {.progress = cancel_on_first_step, .progress_ctx = &cancel, .cancel = &cancel};
     struct pipe_result r;
-    assert_int_equal(pipe_generate(w, m, &req, &r), DF_ECANCELLED);
+    assert_int_equal(pipe_generate(w, m, &req, &hooks, &r), DF_ECANCELLED);
     /* the worker serves the next request */
     atomic_store(&cancel, false);
-    req.progress = NULL;
+    hooks.progress = NULL;
     req.steps = 1;
-    assert_int_equal(pipe_generate(w, m, &req, &r), DF_OK);
+    assert_int_equal(pipe_generate(w, m, &req, &hooks, &r), DF_OK);
     pipe_result_free(&r);
     pipe_worker_destroy(w);
     model_destroy(m);
@@ -326,7 +335,7 @@ static int teardown(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_other_families_refused),
+        cmocka_unit_test(test_other_families),
         cmocka_unit_test(test_missing_tensor),
         cmocka_unit_test(test_wrong_shape),
         cmocka_unit_test(test_bf16_file),

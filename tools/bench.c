@@ -4,6 +4,7 @@
  * FLOP count, peak device memory and peak RSS. A benchmark, not a test:
  * numbers from one run, to be read as ratios. */
 #include "bench.h"
+#include "cli.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,8 +52,10 @@ static df_status time_pass(struct device *dev, struct cg_graph *g, struct cg_ten
         float *x = malloc(n * sizeof *x);
         if (!x) st = df_error(DF_ENOMEM, "out of memory");
         for (size_t k = 0; x && k < n; k++) x[k] = (float)((k * 2654435761u) % 1000) / 1000.0f - 0.5f;
-        if (x && !strcmp(inputs[i]->name, "input_ids"))
+        if (x && !strncmp(inputs[i]->name, "input_ids", 9))
             for (size_t k = 0; k < n; k++) x[k] = (float)(k % 77 == 0 ? 49406 : 320 + k % 1000);
+        if (x && !strncmp(inputs[i]->name, "eos_rows", 8)) /* row b: the last token of prompt b */
+            for (size_t k = 0; k < n; k++) x[k] = (float)(k * 77 + 76);
         if (x && !strcmp(inputs[i]->name, "timestep"))
             for (size_t k = 0; k < n; k++) x[k] = 500;
         if (st == DF_OK) st = prog_write(p, inputs[i], x);
@@ -93,38 +96,42 @@ static void print_stage(const struct stage *s) {
     }
 }
 
-static df_status bench_size(struct device *dev, struct model *m, int size) {
-    int lh = size / 8, lw = size / 8;
-    struct stage text = {.name = "text encoder"}, unet = {.name = "UNet (batch 2)"}, vae = {.name = "VAE decode"};
+/* The family's passes as a CFG step runs them: text encoders and one
+ * denoiser evaluation at batch 2 (negative + positive) at `size`, one VAE
+ * decode at `decode_size`. */
+static df_status bench_size(struct device *dev, struct model *m, int size, int decode_size) {
+    int s = vae_scale(&m->vae.cfg), lh = size / s, lw = size / s;
+    struct stage text = {.name = "text encoders"}, unet = {.name = "denoiser (B=2)"}, vae = {.name = "VAE decode"};
     struct cg_graph *g = NULL;
     df_status st;
-    /* text encoder, batch 2 (negative + positive) */
     if ((st = cg_create(&g)) != DF_OK) return st;
-    struct cg_tensor *ids = cg_input(g, "input_ids", 2, (int64_t[]){2, 77});
-    struct clip_outputs co;
-    if ((st = clip_forward(g, &m->clip, ids, NULL, &co)) == DF_OK) {
-        cg_output(g, co.last_hidden_state);
-        st = time_pass(dev, g, &ids, 1, &text);
+    struct fam_text_pass tp = {0};
+    if ((st = m->family->record_text(g, m, 2, 1, &tp)) == DF_OK) {
+        struct cg_tensor *in[2 * FAM_MAX_ENCODERS];
+        int n = 0;
+        for (int k = 0; k < FAM_MAX_ENCODERS; k++) {
+            if (tp.ids[k]) in[n++] = tp.ids[k];
+            if (tp.eos_rows[k]) in[n++] = tp.eos_rows[k];
+        }
+        cg_output(g, tp.context);
+        if (tp.pooled) cg_output(g, tp.pooled);
+        st = time_pass(dev, g, in, n, &text);
     }
     cg_destroy(g);
     if (st != DF_OK) return st;
-    /* one UNet evaluation: cond + uncond */
     if ((st = cg_create(&g)) != DF_OK) return st;
-    struct cg_tensor *in[3] = {
-        cg_input(g, "sample", 4, (int64_t[]){2, m->unet.cfg.in_channels, lh, lw}),
-        cg_input(g, "timestep", 1, (int64_t[]){2}),
-        cg_input(g, "context", 3, (int64_t[]){2, 77, m->unet.cfg.cross_attention_dim}),
-    };
-    struct unet_outputs uo;
-    if ((st = unet_forward(g, &m->unet, in[0], in[1], in[2], NULL, &uo)) == DF_OK) {
-        cg_output(g, uo.sample);
-        st = time_pass(dev, g, in, 3, &unet);
+    struct fam_denoise_pass dp = {0};
+    if ((st = m->family->record_denoiser(g, m, 2, lh, lw, &dp)) == DF_OK) {
+        struct cg_tensor *in[5] = {dp.sample, dp.timestep, dp.context, dp.pooled, dp.time_ids};
+        cg_output(g, dp.out);
+        st = time_pass(dev, g, in, dp.time_ids ? 5 : 3, &unet);
     }
     cg_destroy(g);
     if (st != DF_OK) return st;
-    /* VAE decode of one image */
     if ((st = cg_create(&g)) != DF_OK) return st;
-    struct cg_tensor *z = cg_input(g, "latent", 4, (int64_t[]){1, m->vae.cfg.latent_channels, lh, lw}), *img;
+    struct cg_tensor *z = cg_input(g, "latent", 4,
+                                   (int64_t[]){1, m->vae.cfg.latent_channels, decode_size / s, decode_size / s}),
+                     *img;
     if ((st = vae_decode(g, &m->vae, z, &img)) == DF_OK) {
         cg_output(g, img);
         st = time_pass(dev, g, &z, 1, &vae);
@@ -133,11 +140,12 @@ static df_status bench_size(struct device *dev, struct model *m, int size) {
     if (st != DF_OK) return st;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("\n%dx%d (latent %dx%d), weights %s\n", size, size, lw, lh, m->precision == WTS_F16 ? "fp16" : "fp32");
+    printf("\n%s, %dx%d (latent %dx%d), VAE decode at %dx%d, weights %s\n", m->family->label, size, size, lw, lh,
+           decode_size, decode_size, m->precision == WTS_F16 ? "fp16" : "fp32");
     print_stage(&text);
     print_stage(&unet);
     print_stage(&vae);
-    printf("  one 20-step CFG image ~ %.1f s (text + 20 UNet evals + decode)\n",
+    printf("  one 20-step CFG image ~ %.1f s (text + 20 denoiser evals + decode)\n",
            text.host_s + 20 * unet.host_s + vae.host_s);
     printf("  peak device memory %.1f MiB, peak RSS %.1f MiB\n", (double)dev_memory_peak(dev) / (1 << 20),
            (double)ru.ru_maxrss / 1024);
@@ -148,23 +156,22 @@ static df_status bench_size(struct device *dev, struct model *m, int size) {
 int bench_main(int argc, char **argv) {
     struct model_options mo = {.precision = WTS_F16, .log = log_line};
     struct dev_config dc = {.index = -1};
-    int sizes[MAX_SIZES], nsizes = 0;
+    int sizes[MAX_SIZES], nsizes = 0, decode_size = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--model") && i + 1 < argc) mo.path = argv[++i];
-        else if (!strcmp(argv[i], "--unet") && i + 1 < argc) mo.unet = argv[++i];
-        else if (!strcmp(argv[i], "--vae") && i + 1 < argc) mo.vae = argv[++i];
-        else if (!strcmp(argv[i], "--text-encoder") && i + 1 < argc) mo.text_encoder = argv[++i];
+        if (i + 1 < argc && cli_component_option(argv[i], argv[i + 1], &mo)) i++;
+        else if (!strcmp(argv[i], "--model") && i + 1 < argc) mo.path = argv[++i];
         else if (!strcmp(argv[i], "--size") && i + 1 < argc && nsizes < MAX_SIZES) sizes[nsizes++] = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--decode-size") && i + 1 < argc) decode_size = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--fp32")) mo.precision = WTS_F32;
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) dc.name_contains = argv[++i];
         else {
-            fprintf(stderr, "usage: diffusiond bench --model PATH | --unet F --vae F --text-encoder F\n"
-                            "                       [--size N]... [--fp32] [--device NAME]\n");
+            fprintf(stderr, "usage: diffusiond bench --model PATH | --unet F --vae F --text-encoder F ...\n"
+                            "                       [--size N]... [--decode-size N] [--fp32] [--device NAME]\n");
             return 2;
         }
     }
-    if (!mo.path && !(mo.unet && mo.vae && mo.text_encoder)) {
-        fprintf(stderr, "bench: --model PATH (or --unet, --vae and --text-encoder) is required\n");
+    if (!mo.path && !mo.component[COMP_UNET]) {
+        fprintf(stderr, "bench: --model PATH (or the component files) is required\n");
         return 2;
     }
     if (!nsizes) sizes[nsizes++] = 128;
@@ -187,7 +194,7 @@ int bench_main(int argc, char **argv) {
         if (sizes[i] < 64 || sizes[i] % 64) {
             fprintf(stderr, "bench: size %d is not a multiple of 64\n", sizes[i]);
             rc = 2;
-        } else if (bench_size(dev, m, sizes[i]) != DF_OK) {
+        } else if (bench_size(dev, m, sizes[i], decode_size ? decode_size : sizes[i]) != DF_OK) {
             fprintf(stderr, "bench: %dx%d: %s\n", sizes[i], sizes[i], df_errmsg());
             rc = 1;
         }
