@@ -155,6 +155,15 @@ static void check_tile_case(const struct tile_case *tc) {
     free(tiled);
 }
 
+/* Fails on the third 16x16 -> 128x128 one-channel tile, as a cancelled
+ * job would. */
+static df_status failing_tile(void *ctx, const float *in, float *out) {
+    (void)in;
+    int *calls = ctx;
+    memset(out, 0, 128 * 128 * sizeof *out);
+    return ++*calls == 3 ? df_error(DF_ECANCELLED, "cancelled at tile %d", *calls) : DF_OK;
+}
+
 static void test_tiles_blend(void **state) {
     (void)state;
     static const struct tile_case cases[] = {
@@ -190,6 +199,15 @@ static void test_tiles_blend(void **state) {
     assert_int_equal(vae_tiles_decode_plan(4, 3, 8, 21, 37, 16, 16, &t), DF_EINVAL);
     assert_int_equal(vae_tiles_encode_plan(3, 8, 8, 60, 64, 32, 8, &t), DF_EINVAL);
     assert_non_null(strstr(df_errmsg(), "multiples of 8"));
+    assert_int_equal(vae_tiles_decode_plan(1, 1, 8, 21, 37, 16, 4, &t), DF_OK);
+    int calls = 0;
+    z = calloc(21 * 37, sizeof *z);
+    img = malloc(168 * 296 * sizeof *img);
+    assert_int_equal(vae_tiles_run(&t, z, failing_tile, &calls, img), DF_ECANCELLED);
+    assert_int_equal(calls, 3);
+    assert_string_equal(df_errmsg(), "cancelled at tile 3");
+    free(z);
+    free(img);
 }
 
 /* Activation bytes that grow with the tile, counting calls. */
