@@ -103,7 +103,8 @@ PYTHON     ?= /usr/bin/python3
 TINY_MODEL ?= build/tiny-model
 .PHONY: tiny-model run demo load
 FIXTURES ?= ../shared/fixtures
-tiny-model: $(TINY_MODEL)/tiny-sd15.safetensors $(TINY_MODEL)/sdxl-conditioner-tiny.safetensors
+tiny-model: $(TINY_MODEL)/tiny-sd15.safetensors $(TINY_MODEL)/sdxl-conditioner-tiny.safetensors \
+            $(TINY_MODEL)/tiny-sdxl.safetensors
 $(TINY_MODEL)/tiny-sd15.safetensors: tests/make_tiny_model.py
 	$(PYTHON) tests/make_tiny_model.py --out $(TINY_MODEL)
 # The fixtures' CLIP-L and CLIP-G as SDXL's single file stores them (tests/test_clip.c)
@@ -112,6 +113,11 @@ $(TINY_MODEL)/sdxl-conditioner-tiny.safetensors: tools/clip_to_openclip.py $(FIX
 	$(PYTHON) tools/clip_to_openclip.py --out $@ \
 	    --transformers conditioner.embedders.0.transformer.=$(FIXTURES)/clip_l_tiny.safetensors \
 	    --openclip conditioner.embedders.1.model.=$(FIXTURES)/clip_g_tiny.safetensors
+
+# The oracle's tiny SDXL as a diffusers folder and an original single file (tests/test_sdxl.c)
+$(TINY_MODEL)/tiny-sdxl.safetensors: tests/make_tiny_sdxl.py tests/make_tiny_model.py tools/clip_to_openclip.py
+	@mkdir -p $(dir $@)
+	$(PYTHON) tests/make_tiny_sdxl.py --fixtures $(FIXTURES) --out $(TINY_MODEL)
 
 # The daemon on 127.0.0.1:7860 with MODEL, or the tiny model.
 run: $(BUILD)/diffusiond tiny-model

@@ -89,6 +89,9 @@ struct model_family {
     /* honours the VAE config's force_upcast (fp32 VAE weights): diffusers'
      * SDXL pipelines do, SD1.x's ignore it */
     bool vae_force_upcast;
+    /* The scheduler config its checkpoints ship with (a folder's own
+     * scheduler_config.json overrides it). */
+    struct smp_config (*scheduler)(void);
     /* Uploads and builds everything but the VAE (model.c loads that). */
     df_status (*load)(struct model *m, struct device *dev, const struct model_sources *src);
     void (*free)(struct model *m);

@@ -10,9 +10,9 @@ static const bool sd1_components[COMP_COUNT] = {[COMP_UNET] = true, [COMP_VAE] =
 static df_status sd1_load(struct model *m, struct device *dev, const struct model_sources *src) {
     const struct comp_source *te = &src->comp[COMP_TEXT_ENCODER];
     df_status st = fu_load_unet(m, dev, &src->comp[COMP_UNET], 0);
-    if (st == DF_OK) st = fu_load_clip(m, dev, 0, te, te->kind.family == CKPT_SD1 ? LDM_CLIP_PREFIX : NULL, false);
-    if (st == DF_OK) st = fu_pad_id(src, 0, 49407, &m->pad_id[0]); /* SD1.x pads with the end token */
+    if (st == DF_OK) st = fu_load_clip(m, dev, 0, te, te->kind.family == CKPT_SD1 ? LDM_CLIP_PREFIX : NULL, false, 0);
     if (st == DF_OK) st = fu_tokenizer(m);
+    if (st == DF_OK) st = fu_pad_id(m, src, 0, 49407, &m->pad_id[0]); /* SD1.x pads with the end token */
     if (st == DF_OK && m->clip[0].cfg.hidden_size != m->unet.cfg.cross_attention_dim)
         st = df_error(DF_EINVAL, "text encoder width %d does not match the UNet's cross_attention_dim %d",
                       m->clip[0].cfg.hidden_size, m->unet.cfg.cross_attention_dim);
@@ -23,6 +23,7 @@ const struct model_family family_sd1 = {
     .name = "sd1",
     .label = "SD1.x",
     .components = sd1_components,
+    .scheduler = smp_config_default_sd15,
     .load = sd1_load,
     .free = fu_free,
     .cond = fu_cond_single,

@@ -58,13 +58,11 @@ static df_status detect_v(struct model *m, struct device *dev, bool *is_v) {
 
 static df_status sd2_load(struct model *m, struct device *dev, const struct model_sources *src) {
     const struct comp_source *te = &src->comp[COMP_TEXT_ENCODER];
-    if (st_find(te->file, OPENCLIP_PREFIX "token_embedding.weight"))
-        return df_error(DF_EUNSUPPORTED, "%s: the OpenCLIP-H text encoder in the original SD2 layout (%s*) cannot be "
-                                         "loaded by this build; use a diffusers folder", te->path, OPENCLIP_PREFIX);
+    bool original = te->kind.family == CKPT_SD2; /* OpenCLIP-H with all 24 layers */
     df_status st = fu_load_unet(m, dev, &src->comp[COMP_UNET], 0);
-    if (st == DF_OK) st = fu_load_clip(m, dev, 0, te, NULL, false);
-    if (st == DF_OK) st = fu_pad_id(src, 0, 0, &m->pad_id[0]); /* OpenCLIP pads with "!" */
+    if (st == DF_OK) st = fu_load_clip(m, dev, 0, te, original ? OPENCLIP_PREFIX : NULL, false, original ? 1 : 0);
     if (st == DF_OK) st = fu_tokenizer(m);
+    if (st == DF_OK) st = fu_pad_id(m, src, 0, 0, &m->pad_id[0]); /* OpenCLIP pads with "!" */
     if (st == DF_OK && m->clip[0].cfg.hidden_size != m->unet.cfg.cross_attention_dim)
         st = df_error(DF_EINVAL, "text encoder width %d does not match the UNet's cross_attention_dim %d",
                       m->clip[0].cfg.hidden_size, m->unet.cfg.cross_attention_dim);
@@ -82,6 +80,7 @@ const struct model_family family_sd2 = {
     .name = "sd2",
     .label = "SD2.x",
     .components = sd2_components,
+    .scheduler = smp_config_default_sd15,
     .load = sd2_load,
     .free = fu_free,
     .cond = fu_cond_single,

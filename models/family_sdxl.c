@@ -27,21 +27,23 @@ static bool force_zeros(const struct model_sources *src) {
     return on;
 }
 
+/* sd_xl_base_1.0's scheduler_config.json: SD's betas, "leading" spacing. */
+static struct smp_config sdxl_scheduler(void) {
+    struct smp_config c = smp_config_default_sd15();
+    c.timestep_spacing = SMP_SPACING_LEADING;
+    return c;
+}
+
 static df_status sdxl_load(struct model *m, struct device *dev, const struct model_sources *src) {
     const struct comp_source *l = &src->comp[COMP_TEXT_ENCODER], *g = &src->comp[COMP_TEXT_ENCODER_2];
-    bool sgm_l = st_find(l->file, SGM_CLIP_L_PREFIX "text_model.embeddings.token_embedding.weight") != NULL;
-    df_status st = fu_load_clip(m, dev, 0, l, sgm_l ? SGM_CLIP_L_PREFIX : NULL, false);
-    if (st == DF_OK) {
-        if (st_find(g->file, SGM_CLIP_G_PREFIX "token_embedding.weight"))
-            st = df_error(DF_EUNSUPPORTED, "%s: the OpenCLIP-G text encoder in the original SDXL layout (%s*) "
-                                           "cannot be loaded by this build; use a diffusers folder", g->path,
-                          SGM_CLIP_G_PREFIX);
-        else st = fu_load_clip(m, dev, 1, g, NULL, true);
-    }
+    /* the original single file keeps L in transformers names and bigG in
+     * OpenCLIP's, each under its conditioner prefix */
+    df_status st = fu_load_clip(m, dev, 0, l, l->kind.family == CKPT_SDXL ? SGM_CLIP_L_PREFIX : NULL, false, 0);
+    if (st == DF_OK) st = fu_load_clip(m, dev, 1, g, g->kind.family == CKPT_SDXL ? SGM_CLIP_G_PREFIX : NULL, true, 0);
     if (st == DF_OK) st = fu_load_unet(m, dev, &src->comp[COMP_UNET], m->clip[1].cfg.projection_dim);
-    if (st == DF_OK) st = fu_pad_id(src, 0, 49407, &m->pad_id[0]);
-    if (st == DF_OK) st = fu_pad_id(src, 1, 0, &m->pad_id[1]); /* OpenCLIP's tokenizer pads with "!" */
     if (st == DF_OK) st = fu_tokenizer(m);
+    if (st == DF_OK) st = fu_pad_id(m, src, 0, 49407, &m->pad_id[0]);
+    if (st == DF_OK) st = fu_pad_id(m, src, 1, 0, &m->pad_id[1]); /* OpenCLIP's tokenizer pads with "!" */
     if (st != DF_OK) return st;
     const struct unet_config *u = &m->unet.cfg;
     int context = m->clip[0].cfg.hidden_size + m->clip[1].cfg.hidden_size;
@@ -113,6 +115,7 @@ const struct model_family family_sdxl = {
     .label = "SDXL",
     .components = sdxl_components,
     .vae_force_upcast = true,
+    .scheduler = sdxl_scheduler,
     .load = sdxl_load,
     .free = fu_free,
     .cond = sdxl_cond,

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "unet_config.h"
 #include "vocab.h"
@@ -20,7 +21,8 @@ df_status fu_load_unet(struct model *m, struct device *dev, const struct comp_so
     df_status st = DF_OK;
     if (st_find(s->file, LDM_UNET_PREFIX "input_blocks.0.0.weight")) { /* original layout */
         prefix = LDM_UNET_PREFIX;
-        TRY(unet_infer_config_file(s->file, prefix, &cfg));
+        if (s->config) TRY(unet_config_from_json(s->config, &cfg));
+        else TRY(unet_infer_config_file(s->file, prefix, &cfg));
         TRY(unet_ldm_renames(&cfg, prefix, &renames, &n));
     } else if (s->kind.family == CKPT_UNET || s->kind.family == CKPT_SDXL) { /* diffusers names */
         if (s->config) TRY(unet_config_from_json(s->config, &cfg));
@@ -42,67 +44,50 @@ done:
     return st;
 }
 
+/* Layer k's tensors, for dropping a layer at load (SD2's single files). */
+static const char *const clip_layer_tensors[] = {
+    "layer_norm1.weight", "layer_norm1.bias", "self_attn.q_proj.weight", "self_attn.q_proj.bias",
+    "self_attn.k_proj.weight", "self_attn.k_proj.bias", "self_attn.v_proj.weight", "self_attn.v_proj.bias",
+    "self_attn.out_proj.weight", "self_attn.out_proj.bias", "layer_norm2.weight", "layer_norm2.bias",
+    "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
+};
+
 df_status fu_load_clip(struct model *m, struct device *dev, int k, const struct comp_source *s,
-                       const char *single_prefix, bool projection) {
+                       const char *single_prefix, bool projection, int drop_layers) {
     struct clip_config cfg;
+    enum clip_layout layout;
     df_status st = DF_OK;
     enum comp_id id = k == 0 ? COMP_TEXT_ENCODER : COMP_TEXT_ENCODER_2;
+    const char *prefix = s->prefix ? s->prefix : single_prefix ? single_prefix : "";
+    TRY(clip_detect_layout(s->file, prefix, &layout));
     TRY(wts_create(dev, m->precision, &m->weights[id]));
-    char with[256], without[256];
-    snprintf(with, sizeof with, "%stext_model.", single_prefix ? single_prefix : "");
-    snprintf(without, sizeof without, "%s", single_prefix ? single_prefix : "");
-    /* some single files lack the "text_model." level; the projection sits
-     * beside it */
-    const struct wts_rename renames[] = {{with, "text_model.", NULL}, {without, "text_model.", NULL}};
-    char projection_key[300];
-    snprintf(projection_key, sizeof projection_key, "%stext_projection.weight", without);
-    if (single_prefix && single_prefix[0]) {
-        struct wts_rename all[] = {renames[0], renames[1], {projection_key, "text_projection.weight", NULL}};
-        TRY(wts_load(m->weights[id], s->file, single_prefix, all, 3));
-    } else {
-        TRY(wts_load(m->weights[id], s->file, "", NULL, 0));
-    }
+    TRY(clip_load_weights(m->weights[id], s->file, prefix, layout));
     if (s->config) TRY(clip_config_from_json(s->config, &cfg));
-    else TRY(clip_infer_config(m->weights[id], &cfg));
+    else TRY(clip_config_from_weights(m->weights[id], layout, 0, &cfg));
     cfg.has_projection = projection;
     if (!projection) wts_ignore(m->weights[id], "text_projection.weight");
+    for (int d = 0; d < drop_layers && cfg.num_hidden_layers > 1; d++) {
+        cfg.num_hidden_layers--;
+        for (size_t i = 0; i < sizeof clip_layer_tensors / sizeof clip_layer_tensors[0]; i++) {
+            char name[128];
+            snprintf(name, sizeof name, "text_model.encoder.layers.%d.%s", cfg.num_hidden_layers, clip_layer_tensors[i]);
+            wts_ignore(m->weights[id], name);
+        }
+    }
     TRY(clip_load(m->weights[id], &cfg, &m->clip[k]));
 done:
     if (st != DF_OK) return df_error(st, "%s from %s: %s", comp_table[id].what, s->path, df_errmsg());
     return st;
 }
 
-/* pad_token of a diffusers tokenizer folder: special_tokens_map.json, then
- * tokenizer_config.json; a string or an AddedToken dict {"content": ...}. */
-static const char *pad_token_of(const json_t *j) {
-    const json_t *p = json_object_get(j, "pad_token");
-    if (json_is_object(p)) p = json_object_get(p, "content");
-    return json_is_string(p) ? json_string_value(p) : NULL;
-}
-
-df_status fu_pad_id(const struct model_sources *src, int k, int32_t fallback, int32_t *out) {
+df_status fu_pad_id(const struct model *m, const struct model_sources *src, int k, int32_t fallback, int32_t *out) {
     *out = fallback;
     if (!src->folder) return DF_OK;
-    static const char *const files[] = {"special_tokens_map.json", "tokenizer_config.json"};
-    for (int i = 0; i < 2; i++) {
-        char path[4200];
-        snprintf(path, sizeof path, "%s/%s/%s", src->folder, k == 0 ? "tokenizer" : "tokenizer_2", files[i]);
-        json_t *j = json_load_file(path, 0, NULL);
-        if (!j) continue;
-        const char *tok = pad_token_of(j);
-        df_status st = DF_OK;
-        if (tok) {
-            /* the two pad tokens SD models use; anything else would need the
-             * folder's own vocabulary */
-            if (strcmp(tok, "<|endoftext|>") == 0) *out = 49407;
-            else if (strcmp(tok, "!") == 0) *out = 0;
-            else st = df_error(DF_EUNSUPPORTED, "%s: pad_token \"%.40s\" is not one of CLIP's (\"<|endoftext|>\", \"!\")",
-                               path, tok);
-        }
-        json_decref(j);
-        if (st != DF_OK || tok) return st;
-    }
-    return DF_OK;
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/%s", src->folder, k == 0 ? "tokenizer" : "tokenizer_2");
+    struct stat sb;
+    if (stat(dir, &sb) != 0) return DF_OK; /* no tokenizer files: the family's pad */
+    return tok_pad_id_from_folder(m->tokenizer, dir, out);
 }
 
 df_status fu_tokenizer(struct model *m) { return tok_create(clip_vocab_gz, CLIP_VOCAB_GZ_SIZE, &m->tokenizer); }

@@ -15,18 +15,20 @@
  * a config the width of the pooled text embedding (0 = unknown). */
 df_status fu_load_unet(struct model *m, struct device *dev, const struct comp_source *s, int pooled_dim);
 
-/* Text encoder k from `s`: transformers names (optionally under
- * `single_prefix` in a single file, with or without "text_model."), with
- * the text projection when `projection`. */
+/* Text encoder k from `s`: transformers or OpenCLIP names, under
+ * `single_prefix` in a single file (NULL: none, or the source's own), with
+ * the text projection when `projection`; the last `drop_layers` layers are
+ * left out (SD2 single files: diffusers' conversion drops the last). */
 df_status fu_load_clip(struct model *m, struct device *dev, int k, const struct comp_source *s,
-                       const char *single_prefix, bool projection);
+                       const char *single_prefix, bool projection, int drop_layers);
+
+/* The embedded CLIP BPE tokenizer, shared by every encoder (before
+ * fu_pad_id). */
+df_status fu_tokenizer(struct model *m);
 
 /* Pad id for encoder k: the tokenizer files of a diffusers folder say it
  * (`tokenizer`, `tokenizer_2`), else `fallback`. */
-df_status fu_pad_id(const struct model_sources *src, int k, int32_t fallback, int32_t *out);
-
-/* The embedded CLIP BPE tokenizer, shared by every encoder. */
-df_status fu_tokenizer(struct model *m);
+df_status fu_pad_id(const struct model *m, const struct model_sources *src, int k, int32_t fallback, int32_t *out);
 
 /* CLIP tokenization for encoder k (77 ids, BOS/EOS, the family's pad). */
 df_status fu_tokenize(const struct model *m, int k, const char *text, int32_t *ids, int *eos_pos);

@@ -132,7 +132,8 @@ static df_status load_vae(struct model *m, struct device *dev, const struct comp
     TRY(wts_create(dev, prec, &m->weights[COMP_VAE]));
     if (family_for_checkpoint(s->kind.family) || s->kind.family == CKPT_VAE_LDM) { /* original layout */
         const char *prefix = s->kind.family == CKPT_VAE_LDM ? s->kind.vae_prefix : "first_stage_model.";
-        TRY(vae_ldm_infer_config(s->file, prefix, &cfg));
+        if (s->config) TRY(vae_config_from_json(s->config, &cfg));
+        else TRY(vae_ldm_infer_config(s->file, prefix, &cfg));
         TRY(vae_ldm_renames(&cfg, prefix, &renames, &n));
         TRY(wts_load(m->weights[COMP_VAE], s->file, prefix, renames, n));
     } else if (st_find_prefixed(s->file, s->prefix, "decoder.conv_in.weight")) {
@@ -260,7 +261,11 @@ df_status model_load(struct device *dev, const struct model_options *opt, struct
     if (!fam) TRY(family_of_components(opt, src.comp, &fam));
     if (main_src.file && family_for_checkpoint(main_src.kind.family) == fam) /* the whole model in one file */
         for (int c = 0; c < COMP_COUNT; c++)
-            if (fam->components[c] && !src.comp[c].file) src.comp[c] = main_src;
+            if (fam->components[c] && !src.comp[c].file) {
+                src.comp[c] = main_src;
+                /* what its shapes cannot say, a config given for it can */
+                src.comp[c].config = (json_t *)opt->component_config[c];
+            }
     for (int c = 0; c < COMP_COUNT; c++)
         if (fam->components[c] && !src.comp[c].file) {
             st = df_error(DF_EINVAL, "%s model is missing its %s (give --%s FILE)", fam->label, comp_table[c].what,
@@ -270,8 +275,8 @@ df_status model_load(struct device *dev, const struct model_options *opt, struct
     m->family = fam;
     if (!hash_path) hash_path = src.comp[COMP_UNET].path;
     set_name(m, opt->path ? opt->path : src.comp[COMP_UNET].path);
-    /* scheduler: SD's defaults, then the folder's file, then the configured one */
-    m->scheduler = smp_config_default_sd15();
+    /* scheduler: the family's, then the folder's file, then the configured one */
+    m->scheduler = fam->scheduler();
     snprintf(m->prediction_source, sizeof m->prediction_source, "default");
     if (sched[0] && is_file(sched)) {
         TRY(smp_config_load(sched, &m->scheduler));

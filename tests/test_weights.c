@@ -37,6 +37,7 @@ static uint8_t *tw_image(const struct tw_tensor *t, int n, size_t *len) {
         data += (size_t)numel * 4;
     }
     used += (size_t)snprintf(header + used, sizeof header - used, "}");
+    while (used % 8 && used + 1 < sizeof header) header[used++] = ' '; /* aligned data, as writers pad */
     assert_true(used < sizeof header);
     *len = 8 + used + data;
     uint8_t *img = malloc(*len);
