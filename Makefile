@@ -170,9 +170,15 @@ BENCH_MODEL ?= build/sd15-random.safetensors
 $(BENCH_MODEL):
 	$(PYTHON) ../shared/tools/make_sd15_random.py $@
 
-bench: $(BUILD)/bench_kernels $(BUILD)/diffusiond $(BENCH_MODEL)
+# A full-size SDXL base checkpoint with random weights (6.9 GB), likewise.
+BENCH_SDXL ?= build/sdxl-random.safetensors
+$(BENCH_SDXL):
+	$(PYTHON) tools/make_sdxl_random.py $@
+
+bench: $(BUILD)/bench_kernels $(BUILD)/diffusiond $(BENCH_MODEL) $(BENCH_SDXL)
 	XDG_RUNTIME_DIR=/tmp $(BUILD)/bench_kernels
 	XDG_RUNTIME_DIR=/tmp $(BUILD)/diffusiond bench --model $(BENCH_MODEL) --size 128 --size 256
+	XDG_RUNTIME_DIR=/tmp $(BUILD)/diffusiond bench --model $(BENCH_SDXL) --size 512 --decode-size 1024
 
 clean:
 	rm -rf build
