@@ -130,7 +130,7 @@ int su_test_end(void **state) {
 int su_connect(int port) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(fd >= 0);
-    struct timeval tv = {.tv_sec = 180};
+    struct timeval tv = {.tv_sec = (time_t)SU_PATIENCE_S};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);

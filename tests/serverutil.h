@@ -21,6 +21,12 @@
 #define SU_HELD_JOB "{\"prompt\": \"" HU_HOLD "\", \"width\": 64, \"height\": 64, \"steps\": 4, \"cfg_scale\": 1}"
 #define SU_SHORT_JOB "{\"prompt\": \"short\", \"width\": 64, \"height\": 64, \"steps\": 1, \"cfg_scale\": 1}"
 
+/* How long any wait in these tests may last before it counts as a hang: a
+ * guard against a stuck daemon, not an expectation of speed. No test passes
+ * or fails by how long something took; what must still be running when the
+ * next request comes is held (holdutil.h). */
+#define SU_PATIENCE_S 600.0
+
 /* The tiny model: component files from $DF_TEST_FIXTURES (default
  * ../shared/fixtures) and their config.json files, written from the
  * manifest to /tmp (shapes alone cannot tell the head counts). */

@@ -138,7 +138,7 @@ static void test_job_timeout(void **state) {
     assert_int_equal(r.status, 202);
     json_t *j = su_json(&r);
     su_free(&r);
-    json_t *f = su_wait_final(d.port, su_str(j, "id"), NULL, 300);
+    json_t *f = su_wait_final(d.port, su_str(j, "id"), NULL, SU_PATIENCE_S);
     assert_string_equal(su_str(f, "state"), "failed");
     assert_string_equal(su_str(json_object_get(f, "error"), "code"), "timeout");
     json_decref(f);
@@ -185,11 +185,11 @@ static void *serve_thread_main(void *arg) {
     return NULL;
 }
 
-/* One sd_notify datagram, or "" after the timeout. */
-static void notify_recv(int fd, char *buf, size_t n, int timeout_ms) {
+/* One sd_notify datagram, or "" after `timeout` s. */
+static void notify_recv(int fd, char *buf, size_t n, double timeout) {
     struct pollfd p = {.fd = fd, .events = POLLIN};
     buf[0] = 0;
-    if (poll(&p, 1, timeout_ms) != 1) return;
+    if (poll(&p, 1, (int)(timeout * 1000)) != 1) return;
     ssize_t k = recv(fd, buf, n - 1, 0);
     buf[k > 0 ? k : 0] = 0;
 }
@@ -213,7 +213,7 @@ static void test_sigterm_drain(void **state) {
     assert_int_equal(pthread_create(&g_st.t, NULL, serve_thread_main, &g_st), 0);
     g_st.running = true;
     char msg[512];
-    notify_recv(g_st.notify, msg, sizeof msg, 300000);
+    notify_recv(g_st.notify, msg, sizeof msg, SU_PATIENCE_S);
     unsetenv("NOTIFY_SOCKET");
     const char *at = strstr(msg, "STATUS=listening on 127.0.0.1:");
     if (!strstr(msg, "READY=1") || !at) fail_msg("no READY=1 from the daemon: \"%s\"", msg);
@@ -229,15 +229,15 @@ static void test_sigterm_drain(void **state) {
     *c = *b;
     su_call_start(a);
     g_st.n_calls = 1;
-    hu_wait_held(1, 300);
+    hu_wait_held(1, SU_PATIENCE_S);
     su_call_start(b);
     g_st.n_calls = 2;
     su_call_start(c);
     g_st.n_calls = 3;
-    su_wait_jobs(port, KEY, "queued", 2, NULL, 300);
+    su_wait_jobs(port, KEY, "queued", 2, NULL, SU_PATIENCE_S);
     assert_int_equal(kill(getpid(), SIGTERM), 0);
     g_st.signalled = true;
-    notify_recv(g_st.notify, msg, sizeof msg, 300000);
+    notify_recv(g_st.notify, msg, sizeof msg, SU_PATIENCE_S);
     assert_non_null(strstr(msg, "STOPPING=1"));
     su_call_join(b);
     su_call_join(c);

@@ -63,7 +63,7 @@ static int group1_teardown(void **state) {
 /* After each test, passed or failed: no job held, queued or running. */
 static int test_end(void **state) {
     su_test_end(state);
-    return su_wait_idle(g_port, NULL, 300) ? 0 : -1;
+    return su_wait_idle(g_port, NULL, SU_PATIENCE_S) ? 0 : -1;
 }
 #define TEST(t) cmocka_unit_test_setup_teardown(t, su_test_start, test_end)
 
@@ -339,7 +339,7 @@ static void test_jobs_async_and_events(void **state) {
     json_decref(j);
     su_free(&r);
 
-    hu_wait_held(1, 120);
+    hu_wait_held(1, SU_PATIENCE_S);
     int sse = su_connect(g_port);
     assert_true(sse >= 0);
     su_send_request(sse, "GET", path, NULL, NULL, 0);
@@ -525,7 +525,7 @@ static void test_queue_full_and_cancel(void **state) {
     snprintf(a, sizeof a, "%s", su_str(j, "id"));
     json_decref(j);
     su_free(&r);
-    hu_wait_held(1, 120);
+    hu_wait_held(1, SU_PATIENCE_S);
     char *ids[2] = {b, c};
     for (int k = 0; k < 2; k++) {
         su_req(g_port, "POST", "/jobs", NULL, SU_SHORT_JOB, &r);
@@ -573,7 +573,7 @@ static void test_queue_full_and_cancel(void **state) {
     su_req(g_port, "DELETE", path, NULL, NULL, &r);
     assert_int_equal(r.status, 202); /* accepted: it stops at its next step */
     su_free(&r);
-    j = su_wait_final(g_port, a, NULL, 120);
+    j = su_wait_final(g_port, a, NULL, SU_PATIENCE_S);
     assert_string_equal(su_str(j, "state"), "cancelled");
     assert_string_equal(su_str(json_object_get(j, "error"), "code"), "cancelled");
     assert_true(json_integer_value(json_object_get(j, "step")) < 4);
@@ -583,7 +583,7 @@ static void test_queue_full_and_cancel(void **state) {
     su_free(&r);
 
     /* C runs (or ran) now */
-    j = su_wait_final(g_port, c, NULL, 120);
+    j = su_wait_final(g_port, c, NULL, SU_PATIENCE_S);
     assert_string_equal(su_str(j, "state"), "done");
     json_decref(j);
     su_read(sse, &r);
@@ -605,11 +605,11 @@ static void test_disconnect_cancels(void **state) {
     int fd = su_connect(g_port);
     assert_true(fd >= 0);
     su_send_request(fd, "POST", "/generate", NULL, SU_HELD_JOB, strlen(SU_HELD_JOB));
-    hu_wait_held(1, 120);
+    hu_wait_held(1, SU_PATIENCE_S);
     char id[40];
-    su_wait_jobs(g_port, NULL, "running", 1, id, 1);
+    su_wait_jobs(g_port, NULL, "running", 1, id, SU_PATIENCE_S);
     close(fd);
-    json_t *j = su_wait_final(g_port, id, NULL, 120);
+    json_t *j = su_wait_final(g_port, id, NULL, SU_PATIENCE_S);
     assert_string_equal(su_str(j, "state"), "cancelled");
     assert_string_equal(su_str(json_object_get(j, "error"), "code"), "client_disconnected");
     assert_true(json_integer_value(json_object_get(j, "step")) < 4);
@@ -621,7 +621,7 @@ static void test_sdapi_interrupt(void **state) {
     (void)state;
     struct su_call c = {g_port, "POST", "/sdapi/v1/txt2img", NULL, SU_HELD_JOB, {0}, 0};
     su_call_start(&c);
-    hu_wait_held(1, 120);
+    hu_wait_held(1, SU_PATIENCE_S);
     struct su_resp r;
     su_req(g_port, "GET", "/sdapi/v1/progress", NULL, NULL, &r); /* it is sampling */
     json_t *pj = su_json(&r), *st = json_object_get(pj, "state");
@@ -680,7 +680,7 @@ static void *client_main(void *arg) {
             snprintf(cl->failure, sizeof cl->failure, "%s with the queue full: %d %.300s", path, r.status, r.body);
         } else if (kind == 1 && r.status == 202) {
             json_t *j = json_loadb(r.body, r.len, 0, NULL);
-            json_t *f = su_wait_final(g_port, su_str(j, "id"), NULL, 300);
+            json_t *f = su_wait_final(g_port, su_str(j, "id"), NULL, SU_PATIENCE_S);
             if (strcmp(su_str(f, "state"), "done") != 0) snprintf(cl->failure, sizeof cl->failure, "async job %s",
                                                                 su_str(f, "state"));
             else cl->ok++;
@@ -732,7 +732,7 @@ static void test_concurrent_clients(void **state) {
 
     char ids[3][40];
     submit_async(SU_HELD_JOB, ids[0]);
-    hu_wait_held(1, 120);
+    hu_wait_held(1, SU_PATIENCE_S);
     submit_async(SU_SHORT_JOB, ids[1]);
     submit_async(SU_SHORT_JOB, ids[2]);
     struct client full, open;
@@ -744,14 +744,14 @@ static void test_concurrent_clients(void **state) {
     assert_int_equal(full.refused, generations);
     hu_release();
     for (int k = 0; k < 3; k++) {
-        json_t *j = su_wait_final(g_port, ids[k], NULL, 300);
+        json_t *j = su_wait_final(g_port, ids[k], NULL, SU_PATIENCE_S);
         assert_string_equal(su_str(j, "state"), "done");
         json_decref(j);
     }
 
     run_clients(false, &open);
     assert_true(open.ok >= 1);
-    assert_true(su_wait_idle(g_port, NULL, 300));
+    assert_true(su_wait_idle(g_port, NULL, SU_PATIENCE_S));
     struct su_resp r;
     su_req(g_port, "GET", "/metrics", NULL, NULL, &r);
     assert_non_null(strstr(r.body, "diffusiond_vulkan_validation_messages_total{device=\"0\"} 0\n"));
