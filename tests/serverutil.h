@@ -1,7 +1,8 @@
 /* serverutil: what the daemon's tests share - a small HTTP/1.1 client on
  * plain sockets (one connection per request, Connection: close), JSON and
- * error checks, job polling, and the tiny SD1.x model assembled from
- * ../shared/fixtures. Assertion failures are cmocka failures. */
+ * error checks, job polling, metrics, a daemon inside the test process,
+ * and the tiny SD1.x model assembled from ../shared/fixtures. Assertion
+ * failures are cmocka failures. */
 #ifndef DF_SERVERUTIL_H
 #define DF_SERVERUTIL_H
 
