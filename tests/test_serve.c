@@ -119,32 +119,40 @@ static void test_cors(void **state) {
  * job fails with "timeout" by construction, on any machine. The daemon is
  * this test's own: the shared one must finish jobs. It goes on: ready, and
  * the next job is taken and times out too, each counted once. */
+static struct su_daemon timeout_d;
+
 static void test_job_timeout(void **state) {
     (void)state;
     char *argv[] = {"serve", TINY_MODEL, "--port", "0", "--job-timeout-s", "0.000001", "--log-level", "warn",
                     "--http-threads", "1"};
-    struct su_daemon d;
-    assert_int_equal(su_daemon_start(&d, sizeof argv / sizeof argv[0], argv), 0);
+    struct su_daemon *d = &timeout_d;
+    assert_int_equal(su_daemon_start(d, sizeof argv / sizeof argv[0], argv), 0);
     const char *failed = "diffusiond_jobs_finished_total{state=\"failed\"}";
-    double failed0 = su_metric(d.port, NULL, failed);
+    double failed0 = su_metric(d->port, NULL, failed);
     struct su_resp r;
-    su_req(d.port, "POST", "/generate", NULL, SU_SHORT_JOB, &r);
+    su_req(d->port, "POST", "/generate", NULL, SU_SHORT_JOB, &r);
     su_expect_error(&r, 504, "timeout", NULL);
     su_free(&r);
-    su_req(d.port, "GET", "/ready", NULL, NULL, &r); /* the worker goes on */
+    su_req(d->port, "GET", "/ready", NULL, NULL, &r); /* the worker goes on */
     assert_int_equal(r.status, 200);
     su_free(&r);
-    su_req(d.port, "POST", "/jobs", NULL, SU_SHORT_JOB, &r);
+    su_req(d->port, "POST", "/jobs", NULL, SU_SHORT_JOB, &r);
     assert_int_equal(r.status, 202);
     json_t *j = su_json(&r);
     su_free(&r);
-    json_t *f = su_wait_final(d.port, su_str(j, "id"), NULL, SU_PATIENCE_S);
+    json_t *f = su_wait_final(d->port, su_str(j, "id"), NULL, SU_PATIENCE_S);
     assert_string_equal(su_str(f, "state"), "failed");
     assert_string_equal(su_str(json_object_get(f, "error"), "code"), "timeout");
+    assert_int_equal(json_integer_value(json_object_get(f, "step")), 0); /* stopped before its one step */
     json_decref(f);
     json_decref(j);
-    assert_true(su_metric(d.port, NULL, failed) - failed0 == 2);
-    su_daemon_stop(&d);
+    assert_true(su_metric(d->port, NULL, failed) - failed0 == 2);
+}
+
+static int timeout_end(void **state) {
+    su_test_end(state);
+    su_daemon_stop(&timeout_d);
+    return 0;
 }
 
 /* A job no device can hold fails alone, with a clear error; the worker and
@@ -291,7 +299,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         SU_TEST(test_auth),
         SU_TEST(test_cors),
-        SU_TEST(test_job_timeout),
+        cmocka_unit_test_setup_teardown(test_job_timeout, su_test_start, timeout_end),
         SU_TEST(test_out_of_memory_fails_alone),
         cmocka_unit_test_setup_teardown(test_sigterm_drain, su_test_start, sigterm_end),
     };
