@@ -16,9 +16,9 @@
 
 /* The linker's names for the wrapped function and the real one. */
 df_status __real_pipe_generate(struct pipe_worker *w, struct model *m, const struct pipe_request *req,
-                               struct pipe_result *out);
+                               const struct pipe_hooks *hooks, struct pipe_result *out);
 df_status __wrap_pipe_generate(struct pipe_worker *w, struct model *m, const struct pipe_request *req,
-                               struct pipe_result *out);
+                               const struct pipe_hooks *hooks, struct pipe_result *out);
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
@@ -42,13 +42,13 @@ static void wait_ms(long ms) {
     pthread_cond_timedwait(&cv, &mu, &until);
 }
 
-static bool cancelled(const struct pipe_request *req) { return req->cancel && atomic_load(req->cancel); }
+static bool cancelled(const struct pipe_hooks *h) { return h->cancel && atomic_load(h->cancel); }
 
 /* The caller's progress callback first (the job records the stage), then
  * the hold at the start of denoising. */
 static void held_progress(void *ctx, enum pipe_stage stage, int step, int steps, double elapsed) {
-    const struct pipe_request *req = *(const struct pipe_request **)ctx;
-    if (req->progress) req->progress(req->progress_ctx, stage, step, steps, elapsed);
+    const struct pipe_hooks *h = *(const struct pipe_hooks **)ctx;
+    if (h->progress) h->progress(h->progress_ctx, stage, step, steps, elapsed);
     if (stage != PIPE_DENOISE || step != 0) return;
     pthread_mutex_lock(&mu);
     unsigned e = epoch;
@@ -56,21 +56,21 @@ static void held_progress(void *ctx, enum pipe_stage stage, int step, int steps,
     pthread_cond_broadcast(&cv);
     /* the cancel flag is set by the job module, which tells nobody: look
      * at it every millisecond */
-    while (holding && epoch == e && !cancelled(req)) wait_ms(1);
+    while (holding && epoch == e && !cancelled(h)) wait_ms(1);
     held--;
     pthread_cond_broadcast(&cv);
     pthread_mutex_unlock(&mu);
 }
 
 df_status __wrap_pipe_generate(struct pipe_worker *w, struct model *m, const struct pipe_request *req,
-                               struct pipe_result *out) {
-    if (!req->prompt || strncmp(req->prompt, HU_HOLD, strlen(HU_HOLD)) != 0)
-        return __real_pipe_generate(w, m, req, out);
-    const struct pipe_request *orig = req;
-    struct pipe_request r = *req;
-    r.progress = held_progress;
-    r.progress_ctx = &orig;
-    return __real_pipe_generate(w, m, &r, out);
+                               const struct pipe_hooks *hooks, struct pipe_result *out) {
+    if (!hooks || !req->prompt || strncmp(req->prompt, HU_HOLD, strlen(HU_HOLD)) != 0)
+        return __real_pipe_generate(w, m, req, hooks, out);
+    const struct pipe_hooks *orig = hooks;
+    struct pipe_hooks h = *hooks;
+    h.progress = held_progress;
+    h.progress_ctx = &orig;
+    return __real_pipe_generate(w, m, req, &h, out);
 }
 
 void hu_set_holding(bool on) {

@@ -21,36 +21,13 @@
 
 #include "../models/model.h"
 #include "../models/safetensors.h"
-#include "../server/config.h"
 #include "../server/image.h"
-#include "../server/serve.h"
 #include "serverutil.h"
 #include "testutil.h"
 
-struct daemon {
-    struct config cfg;
-    struct server *srv;
-    int port;
-};
-
-static struct daemon folder_d, single_d;
+static struct su_daemon folder_d, single_d;
 static char tiny[1024], fixtures[1024];
 static json_t *manifest, *sdxl_case;
-
-static int start(struct daemon *d, int argc, char **argv) {
-    bool help;
-    if (cfg_load(argc, argv, &d->cfg, &help) != DF_OK || serve_create(&d->cfg, &d->srv) != DF_OK) {
-        fprintf(stderr, "daemon: %s\n", df_errmsg());
-        return -1;
-    }
-    d->port = serve_port(d->srv);
-    return d->port > 0 ? 0 : -1;
-}
-
-static void stop(struct daemon *d) {
-    serve_destroy(d->srv);
-    cfg_free(&d->cfg);
-}
 
 static int setup(void **state) {
     (void)state;
@@ -79,15 +56,16 @@ static int setup(void **state) {
     char *b[] = {"serve", "--model", single, "--unet-config", cfgs[0], "--vae-config", cfgs[1],
                  "--text-encoder-config", cfgs[2], "--text-encoder-2-config", cfgs[3], "--precision", "fp32",
                  "--port", "0", "--log-level", "warn", "--http-threads", "2"};
-    if (start(&folder_d, sizeof a / sizeof a[0], a) || start(&single_d, sizeof b / sizeof b[0], b)) return -1;
+    if (su_daemon_start(&folder_d, sizeof a / sizeof a[0], a) || su_daemon_start(&single_d, sizeof b / sizeof b[0], b))
+        return -1;
     su_pin_libraries();
     return 0;
 }
 
 static int teardown(void **state) {
     (void)state;
-    stop(&folder_d);
-    stop(&single_d);
+    su_daemon_stop(&folder_d);
+    su_daemon_stop(&single_d);
     json_decref(manifest);
     return 0;
 }
@@ -299,10 +277,11 @@ static void test_contradicting_config(void **state) {
     rmdir(dir);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    su_filter(argc, argv);
     const struct CMUnitTest tests[] = {
-        SU_TIMED(test_folder_reproduces_oracle), SU_TIMED(test_single_file_reproduces_oracle),
-        SU_TIMED(test_micro_conditioning_matters), SU_TIMED(test_sdapi), SU_TIMED(test_contradicting_config),
+        SU_TEST(test_folder_reproduces_oracle), SU_TEST(test_single_file_reproduces_oracle),
+        SU_TEST(test_micro_conditioning_matters), SU_TEST(test_sdapi), SU_TEST(test_contradicting_config),
     };
     return cmocka_run_group_tests_name("sdxl", tests, setup, teardown);
 }
