@@ -89,9 +89,13 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 $(BUILD)/diffusiond: $(BUILD)/obj/tools/main.o $(LIB_OBJ)
 	$(CC) $(WFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
+# Test binaries only: tests/holdutil.c wraps pipe_generate so a test can
+# hold a job still at a step boundary (the daemon has no such hook).
+TEST_LDFLAGS := -Wl,--wrap=pipe_generate
+
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(UTIL_OBJ) $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(WFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS) -lcmocka
+	$(CC) $(WFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(TEST_LDFLAGS) $(LDLIBS) -lcmocka
 
 # --- test -------------------------------------------------------------------
 # Tests run on the real Vulkan device with the Khronos validation layer on
@@ -167,7 +171,7 @@ fuzz: $(GEN_SRC)
 	$(MAKE) -f tests/fuzz.mk BUILD=build/fuzz
 
 $(BUILD)/bench_kernels: $(BUILD)/obj/tests/bench_kernels.o $(UTIL_OBJ) $(LIB_OBJ)
-	$(CC) $(WFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS) -lcmocka
+	$(CC) $(WFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(TEST_LDFLAGS) $(LDLIBS) -lcmocka
 
 # A full-size SD1.5 checkpoint with random weights (real ones cannot be
 # downloaded here), written once by the shared tool.
@@ -175,9 +179,15 @@ BENCH_MODEL ?= build/sd15-random.safetensors
 $(BENCH_MODEL):
 	$(PYTHON) ../shared/tools/make_sd15_random.py $@
 
-bench: $(BUILD)/bench_kernels $(BUILD)/diffusiond $(BENCH_MODEL)
+# A full-size SDXL base checkpoint with random weights (6.9 GB), likewise.
+BENCH_SDXL ?= build/sdxl-random.safetensors
+$(BENCH_SDXL):
+	$(PYTHON) tools/make_sdxl_random.py $@
+
+bench: $(BUILD)/bench_kernels $(BUILD)/diffusiond $(BENCH_MODEL) $(BENCH_SDXL)
 	XDG_RUNTIME_DIR=/tmp $(BUILD)/bench_kernels
 	XDG_RUNTIME_DIR=/tmp $(BUILD)/diffusiond bench --model $(BENCH_MODEL) --size 128 --size 256
+	XDG_RUNTIME_DIR=/tmp $(BUILD)/diffusiond bench --model $(BENCH_SDXL) --size 512 --decode-size 1024
 
 clean:
 	rm -rf build

@@ -13,9 +13,7 @@ static df_status sd1_load(struct model *m, struct device *dev, const struct mode
     if (st == DF_OK) st = fu_load_clip(m, dev, 0, te, te->kind.family == CKPT_SD1 ? LDM_CLIP_PREFIX : NULL, false, 0);
     if (st == DF_OK) st = fu_tokenizer(m);
     if (st == DF_OK) st = fu_pad_id(m, src, 0, 49407, &m->pad_id[0]); /* SD1.x pads with the end token */
-    if (st == DF_OK && m->clip[0].cfg.hidden_size != m->unet.cfg.cross_attention_dim)
-        st = df_error(DF_EINVAL, "text encoder width %d does not match the UNet's cross_attention_dim %d",
-                      m->clip[0].cfg.hidden_size, m->unet.cfg.cross_attention_dim);
+    if (st == DF_OK) st = fu_check_context(m);
     return st;
 }
 

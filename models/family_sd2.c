@@ -152,9 +152,7 @@ static df_status sd2_load(struct model *m, struct device *dev, const struct mode
     if (st == DF_OK) st = original ? load_original_clip(m, dev, te) : fu_load_clip(m, dev, 0, te, NULL, false, 0);
     if (st == DF_OK) st = fu_tokenizer(m);
     if (st == DF_OK) st = fu_pad_id(m, src, 0, 0, &m->pad_id[0]); /* OpenCLIP pads with "!" */
-    if (st == DF_OK && m->clip[0].cfg.hidden_size != m->unet.cfg.cross_attention_dim)
-        st = df_error(DF_EINVAL, "text encoder width %d does not match the UNet's cross_attention_dim %d",
-                      m->clip[0].cfg.hidden_size, m->unet.cfg.cross_attention_dim);
+    if (st == DF_OK) st = fu_check_context(m);
     /* model.c has set "default" unless a scheduler config was given for
      * this file: that one is the model's own word, the test a guess */
     if (st == DF_OK && src->single_file && !src->folder && strcmp(m->prediction_source, "default") == 0) {

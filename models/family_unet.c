@@ -135,6 +135,12 @@ df_status fu_record_unet(struct cg_graph *g, const struct model *m, int batch, i
 
 /* ---- the single-encoder families (SD1.x, SD2.x) --------------------------- */
 
+df_status fu_check_context(const struct model *m) {
+    if (m->clip[0].cfg.hidden_size == m->unet.cfg.cross_attention_dim) return DF_OK;
+    return df_error(DF_EINVAL, "text encoder width %d does not match the UNet's cross_attention_dim %d",
+                    m->clip[0].cfg.hidden_size, m->unet.cfg.cross_attention_dim);
+}
+
 void fu_cond_single(const struct model *m, struct fam_cond *out) {
     *out = (struct fam_cond){.n_encoders = 1, .seq_len = FU_CONTEXT, .context_len = FU_CONTEXT,
                              .context_dim = m->clip[0].cfg.hidden_size};

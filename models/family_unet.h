@@ -45,6 +45,8 @@ df_status fu_record_unet(struct cg_graph *g, const struct model *m, int batch, i
 /* SD1.x and SD2.x: one encoder's hidden states (clip skip applied) as the
  * context, a UNet without added conditioning. */
 void fu_cond_single(const struct model *m, struct fam_cond *out);
+/* The encoder's width is the UNet's cross_attention_dim (after loading). */
+df_status fu_check_context(const struct model *m);
 df_status fu_record_text_single(struct cg_graph *g, const struct model *m, int batch, int clip_skip,
                                 struct fam_text_pass *io);
 df_status fu_record_unet_plain(struct cg_graph *g, const struct model *m, int batch, int h, int w,

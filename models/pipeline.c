@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "compute/program.h"
+#include "vae_tiles.h"
 #include "../common/clock.h"
 
 /* One recorded pass and the tensors the host talks to. */
@@ -33,8 +34,12 @@ struct pass_key {
 struct pipe_worker {
     struct device *dev;
     struct buf *arena;
+    uint64_t vae_budget;         /* 0: 3/4 of the device's largest allocation */
     struct pass_key key;
     struct pass text, denoise, decode, encode;
+    /* the VAE passes run over tiles of these plans (one tile when the
+     * whole image fits the budget) */
+    struct vae_tiles decode_tiles, encode_tiles;
 };
 
 const char *pipe_stage_name(enum pipe_stage s) {
@@ -61,6 +66,11 @@ static void passes_free(struct pipe_worker *w) {
     pass_free(&w->decode);
     pass_free(&w->encode);
     memset(&w->key, 0, sizeof w->key);
+}
+
+void pipe_worker_set_vae_budget(struct pipe_worker *w, uint64_t bytes) {
+    w->vae_budget = bytes;
+    memset(&w->key, 0, sizeof w->key); /* re-plan the VAE passes */
 }
 
 df_status pipe_worker_create(struct device *dev, struct pipe_worker **out) {
@@ -109,11 +119,29 @@ static df_status record_decode(struct pass *p, const struct model *m, int h, int
 static df_status record_encode(struct pass *p, const struct model *m, int h, int w) {
     df_status st = cg_create(&p->g);
     if (st != DF_OK) return st;
-    int s = vae_scale(&m->vae.cfg);
-    p->in[0] = cg_input(p->g, "image", 4, (int64_t[]){1, m->vae.cfg.in_channels, h * s, w * s});
+    p->in[0] = cg_input(p->g, "image", 4, (int64_t[]){1, m->vae.cfg.in_channels, h, w}); /* image px */
     if ((st = vae_encode(p->g, &m->vae, p->in[0], &p->out)) != DF_OK) return st;
     cg_output(p->g, p->out);
     return cg_plan(p->g, &p->bytes);
+}
+
+/* The VAE's tile plans for a latent of lh x lw: the largest tiles whose
+ * activations fit the budget (whole images when they fit), so a 1024^2
+ * SDXL decode runs on a device whose allocations stop at 2 GiB. */
+static df_status plan_vae(struct pipe_worker *w, const struct model *m, int lh, int lw, bool encode) {
+    const struct vae_config *v = &m->vae.cfg;
+    uint64_t budget = w->vae_budget ? w->vae_budget : dev_caps(w->dev)->max_allocation_size / 4 * 3;
+    int s = vae_scale(v), tile, overlap;
+    df_status st = vae_tiles_pick(lh, lw, 8, budget, vae_decode_bytes, (void *)&m->vae, &tile, &overlap);
+    if (st == DF_OK)
+        st = vae_tiles_decode_plan(v->latent_channels, v->out_channels, s, lh, lw, tile, overlap, &w->decode_tiles);
+    if (st != DF_OK || !encode) return st;
+    st = vae_tiles_pick((int64_t)lh * s, (int64_t)lw * s, 8 * s, budget, vae_encode_bytes, (void *)&m->vae, &tile,
+                        &overlap);
+    if (st == DF_OK)
+        st = vae_tiles_encode_plan(v->in_channels, 2 * v->latent_channels, s, (int64_t)lh * s, (int64_t)lw * s, tile,
+                                   overlap, &w->encode_tiles);
+    return st;
 }
 
 /* Records (or reuses) every pass the request needs and sizes the arena for
@@ -125,8 +153,11 @@ static df_status prepare(struct pipe_worker *w, const struct pass_key *key) {
     const struct model *m = key->model;
     df_status st = record_text(&w->text, m, key->text_batch, key->clip_skip);
     if (st == DF_OK) st = record_denoiser(&w->denoise, m, key->unet_batch, key->latent_h, key->latent_w);
-    if (st == DF_OK) st = record_decode(&w->decode, m, key->latent_h, key->latent_w);
-    if (st == DF_OK && key->encode) st = record_encode(&w->encode, m, key->latent_h, key->latent_w);
+    if (st == DF_OK) st = plan_vae(w, m, key->latent_h, key->latent_w, key->encode);
+    if (st == DF_OK)
+        st = record_decode(&w->decode, m, (int)w->decode_tiles.tile_h, (int)w->decode_tiles.tile_w);
+    if (st == DF_OK && key->encode)
+        st = record_encode(&w->encode, m, (int)w->encode_tiles.tile_h, (int)w->encode_tiles.tile_w);
     if (st != DF_OK) goto fail;
     uint64_t need = w->text.bytes;
     struct pass *all[] = {&w->denoise, &w->decode, &w->encode};
@@ -183,7 +214,7 @@ static df_status encode_text(struct pipe_worker *w, const struct model *m, const
                              const struct fam_cond *fc, float *context, float *pooled) {
     const struct fam_text_pass *io = &w->text.text;
     const char *texts[2] = {r->negative_prompt ? r->negative_prompt : "", r->prompt};
-    int first = cfg ? 0 : 1, n_texts = 2 - first;
+    int first = cfg ? 0 : 1;
     df_status st = DF_OK;
     for (int k = 0; k < fc->n_encoders && st == DF_OK; k++) {
         float ids[2 * 512], rows[2];
@@ -207,24 +238,31 @@ static df_status encode_text(struct pipe_worker *w, const struct model *m, const
         memset(context, 0, (size_t)fc->context_len * fc->context_dim * sizeof *context);
         if (io->pooled) memset(pooled, 0, (size_t)fc->pooled_dim * sizeof *pooled);
     }
-    (void)n_texts;
+    return st;
+}
+
+/* One VAE pass over one tile: the vae_tile_fn of both VAE passes. */
+static df_status run_tile(void *ctx, const float *in, float *out) {
+    struct pass *p = ctx;
+    df_status st = prog_write(p->p, p->in[0], in);
+    if (st == DF_OK) st = prog_run(p->p);
+    if (st == DF_OK) st = prog_read(p->p, p->out, out);
     return st;
 }
 
 /* VAE encode of the init image -> posterior mean and log-variance. */
 static df_status encode_image(struct pipe_worker *w, const struct model *m, const struct pipe_request *r,
                               float *mean, float *logvar) {
+    const struct vae_tiles *t = &w->encode_tiles;
     int64_t hw = (int64_t)r->width * r->height, c = m->vae.cfg.latent_channels;
-    float *chw = malloc((size_t)hw * 3 * sizeof *chw);
-    float *moments = malloc((size_t)cg_nbytes(w->encode.out));
+    int64_t oh = vae_tiles_out_h(t), ow = vae_tiles_out_w(t);
+    float *chw = malloc((size_t)hw * 3 * sizeof *chw), *moments = malloc((size_t)(2 * c * oh * ow) * sizeof *moments);
     df_status st = DF_OK;
     if (!chw || !moments) st = df_error(DF_ENOMEM, "out of memory");
     for (int64_t i = 0; st == DF_OK && i < hw; i++)
         for (int ch = 0; ch < 3; ch++) chw[ch * hw + i] = 2.0f * r->init_image[i * 3 + ch] - 1.0f; /* [0,1] -> [-1,1] */
-    if (st == DF_OK) st = prog_write(w->encode.p, w->encode.in[0], chw);
-    if (st == DF_OK) st = prog_run(w->encode.p);
-    if (st == DF_OK) st = prog_read(w->encode.p, w->encode.out, moments);
-    if (st == DF_OK) vae_split_moments(moments, 1, c, w->encode.out->ne[2], w->encode.out->ne[3], mean, logvar);
+    if (st == DF_OK) st = vae_tiles_run(t, chw, run_tile, &w->encode, moments);
+    if (st == DF_OK) vae_split_moments(moments, 1, c, oh, ow, mean, logvar);
     free(chw);
     free(moments);
     return st;
@@ -232,17 +270,16 @@ static df_status encode_image(struct pipe_worker *w, const struct model *m, cons
 
 static df_status decode_latent(struct pipe_worker *w, const struct model *m, const float *x, size_t n, float *hwc) {
     const struct vae_config *v = &m->vae.cfg;
-    float *z = malloc(n * sizeof *z), *img = malloc((size_t)cg_nbytes(w->decode.out));
+    const struct vae_tiles *t = &w->decode_tiles;
+    int64_t hw = vae_tiles_out_h(t) * vae_tiles_out_w(t);
+    float *z = malloc(n * sizeof *z), *img = malloc((size_t)(v->out_channels * hw) * sizeof *img);
     df_status st = DF_OK;
     if (!z || !img) st = df_error(DF_ENOMEM, "out of memory");
     for (size_t i = 0; st == DF_OK && i < n; i++) z[i] = x[i] / v->scaling_factor + v->shift_factor;
-    if (st == DF_OK) st = prog_write(w->decode.p, w->decode.in[0], z);
-    if (st == DF_OK) st = prog_run(w->decode.p);
-    if (st == DF_OK) st = prog_read(w->decode.p, w->decode.out, img);
+    if (st == DF_OK) st = vae_tiles_run(t, z, run_tile, &w->decode, img);
     if (st == DF_OK) {
         /* VaeImageProcessor.postprocess: (x/2 + 0.5) clamped, NCHW -> NHWC.
          * A non-finite pixel is never an image: fail the job instead. */
-        int64_t hw = w->decode.out->ne[2] * w->decode.out->ne[3];
         for (int64_t i = 0; i < hw && st == DF_OK; i++)
             for (int ch = 0; ch < 3; ch++) {
                 float p = img[ch * hw + i] / 2 + 0.5f;

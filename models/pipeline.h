@@ -39,6 +39,10 @@ struct pipe_worker;
 
 df_status pipe_worker_create(struct device *dev, struct pipe_worker **out);
 void pipe_worker_destroy(struct pipe_worker *w);
+/* Activation bytes a VAE pass may use before the image is decoded (and
+ * encoded) in tiles; 0 (the default): 3/4 of the device's largest
+ * allocation. */
+void pipe_worker_set_vae_budget(struct pipe_worker *w, uint64_t bytes);
 
 /* Runs one request. DF_ECANCELLED when *cancel was set; DF_ENOMEM when the
  * device cannot hold the pass (the worker stays usable); DF_EINVAL for a bad

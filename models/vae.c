@@ -634,6 +634,30 @@ df_status vae_encode(struct cg_graph *g, const struct vae_model *m, struct cg_te
     return cg_status(g);
 }
 
+/* Plans one pass over a [1, C, h, w] input without running it. */
+static df_status pass_bytes(const struct vae_model *m, bool decode, int64_t h, int64_t w, uint64_t *bytes) {
+    struct cg_graph *g = NULL;
+    *bytes = 0;
+    TRY(cg_create(&g));
+    int64_t ne[4] = {1, decode ? m->cfg.latent_channels : m->cfg.in_channels, h, w};
+    struct cg_tensor *in = cg_input(g, "input", 4, ne), *out = NULL;
+    df_status st = decode ? vae_decode(g, m, in, &out) : vae_encode(g, m, in, &out);
+    if (st == DF_OK) {
+        cg_output(g, out);
+        st = cg_plan(g, bytes);
+    }
+    cg_destroy(g);
+    return st;
+}
+
+df_status vae_decode_bytes(void *vae, int64_t h, int64_t w, uint64_t *bytes) {
+    return pass_bytes(vae, true, h, w, bytes);
+}
+
+df_status vae_encode_bytes(void *vae, int64_t h, int64_t w, uint64_t *bytes) {
+    return pass_bytes(vae, false, h, w, bytes);
+}
+
 void vae_split_moments(const float *moments, int64_t b, int64_t c, int64_t h, int64_t w, float *mean_out,
                        float *logvar_out) {
     int64_t plane = c * h * w;

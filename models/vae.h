@@ -136,6 +136,13 @@ df_status vae_decode(struct cg_graph *g, const struct vae_model *m, struct cg_te
 df_status vae_encode(struct cg_graph *g, const struct vae_model *m, struct cg_tensor *image,
                      struct cg_tensor **moments);
 
+/* Activation arena bytes of one decode of a latent [1, latent_channels,
+ * h, w] / one encode of an image [1, in_channels, h, w] (image px): plans
+ * the graph, runs nothing. `vae` is a const struct vae_model *; the
+ * signature is vae_tile_bytes_fn's, for vae_tiles_pick. */
+df_status vae_decode_bytes(void *vae, int64_t h, int64_t w, uint64_t *bytes);
+df_status vae_encode_bytes(void *vae, int64_t h, int64_t w, uint64_t *bytes);
+
 /* Host side of DiagonalGaussianDistribution: moments [B, 2C, h, w] -> mean
  * [B, C, h, w] and logvar clamped to [-30, 20]. */
 void vae_split_moments(const float *moments, int64_t b, int64_t c, int64_t h, int64_t w, float *mean_out,

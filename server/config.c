@@ -63,6 +63,9 @@ static const struct key keys[] = {
     {"max_height", K_INT, OFF(max_height), "2048", 8, 16384, "N", "largest image height"},
     {"max_steps", K_INT, OFF(max_steps), "150", 1, 1000, "N", "most sampler steps per image"},
     {"max_batch", K_INT, OFF(max_batch), "8", 1, 64, "N", "most images per request"},
+    {"vae_tile_budget", K_SIZE, OFF(vae_tile_budget), "0", 0, (long long)1 << 50, "BYTES",
+     "activation memory a VAE pass may use before images are decoded in overlapping tiles (0 = 3/4 of the device's "
+     "largest allocation)"},
     {"max_image_pixels", K_SIZE, OFF(max_image_pixels), "16M", 64, (long long)1 << 32, "N",
      "largest init image a request may send, in pixels"},
     {"log_level", K_LOGLEVEL, OFF(log_level), "info", 0, 0, "LEVEL", "debug, info, warn or error"},

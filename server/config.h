@@ -56,6 +56,7 @@ struct config {
     size_t max_body_bytes;
     int max_width, max_height, max_steps, max_batch;
     size_t max_image_pixels;
+    size_t vae_tile_budget;      /* 0 = the pipeline's default */
     enum log_level log_level;
     double shutdown_grace_s;
     int http_threads;

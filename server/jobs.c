@@ -482,6 +482,7 @@ df_status jobs_create(const struct jobs_config *cfg, const struct jobs_worker_sp
         w->spec = workers[i];
         w->healthy = true;
         st = pipe_worker_create(w->spec.dev, &w->pw);
+        if (st == DF_OK && cfg->vae_tile_budget) pipe_worker_set_vae_budget(w->pw, cfg->vae_tile_budget);
         if (st == DF_OK && pthread_create(&w->thread, NULL, worker_main, w) != 0)
             st = df_error(DF_ENOMEM, "cannot start a worker thread");
         w->started = st == DF_OK;

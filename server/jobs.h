@@ -101,6 +101,7 @@ struct jobs_config {
     double job_timeout_s;        /* 0 = none */
     double result_ttl_s;
     int n_models;
+    uint64_t vae_tile_budget;    /* 0 = the pipeline's default */
 };
 
 df_status jobs_create(const struct jobs_config *cfg, const struct jobs_worker_spec *workers, int n_workers,

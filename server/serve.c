@@ -159,7 +159,8 @@ df_status serve_create(const struct config *cfg, struct server **out) {
             int d = i / cfg->workers;
             specs[i] = (struct jobs_worker_spec){s->devices[d], &s->models[d * cfg->n_models]};
         }
-        struct jobs_config jc = {cfg->queue_max, cfg->job_timeout_s, cfg->result_ttl_s, cfg->n_models};
+        struct jobs_config jc = {cfg->queue_max, cfg->job_timeout_s, cfg->result_ttl_s, cfg->n_models,
+                                 cfg->vae_tile_budget};
         if (st == DF_OK) st = jobs_create(&jc, specs, n, &s->jobs);
         free(specs);
     }

@@ -274,6 +274,51 @@ static void cancel_on_first_step(void *ctx, enum pipe_stage stage, int step, int
     if (stage == PIPE_DENOISE && step == 1) atomic_store((atomic_bool *)ctx, true);
 }
 
+/* A VAE budget below a whole decode makes the pipeline decode (and, for
+ * img2img, encode) in overlapping tiles: the job succeeds, the image is
+ * the untiled one up to what per-tile GroupNorm statistics change
+ * (test_vae_tiles bounds that per pixel and checks for seams), and a
+ * budget no tile fits fails the job alone with the sizes in the message. */
+static void test_tiled_vae(void **state) {
+    (void)state;
+    char unet[4096], vae[4096], clip[4096];
+    struct model_options opt = fixture_components(unet, vae, clip, sizeof unet);
+    struct model *m;
+    assert_int_equal(model_load(tu_device(), &opt, &m), DF_OK);
+    struct pipe_worker *w;
+    assert_int_equal(pipe_worker_create(tu_device(), &w), DF_OK);
+    struct pipe_request req = small_request();
+    req.width = 256;
+    req.height = 192;
+    struct pipe_result whole, tiled;
+    assert_int_equal(pipe_generate(w, m, &req, NULL, &whole), DF_OK);
+    uint64_t tile_bytes;
+    assert_int_equal(vae_decode_bytes(&m->vae, 16, 16, &tile_bytes), DF_OK); /* 16x16 latent tiles: 2x3 of them */
+    pipe_worker_set_vae_budget(w, tile_bytes);
+    if (pipe_generate(w, m, &req, NULL, &tiled) != DF_OK) fail_msg("tiled: %s", df_errmsg());
+    size_t n = (size_t)req.width * req.height * 3;
+    assert_memory_equal(whole.latents, tiled.latents, (size_t)4 * 24 * 32 * sizeof(float)); /* only the VAE differs */
+    double err = tu_rel_l2f(tiled.images, whole.images, n);
+    print_message("tiled VAE decode vs whole: image rel L2 %.3f\n", err);
+    assert_true(err > 0 && err < 0.35);
+    /* img2img: the init image is encoded in tiles too */
+    float *init = malloc(n * sizeof *init);
+    for (size_t i = 0; i < n; i++) init[i] = (float)((i * 7919) % 251) / 250.0f;
+    req.init_image = init;
+    req.strength = 0.5f;
+    struct pipe_result i2i;
+    if (pipe_generate(w, m, &req, NULL, &i2i) != DF_OK) fail_msg("tiled img2img: %s", df_errmsg());
+    pipe_result_free(&i2i);
+    pipe_worker_set_vae_budget(w, 1024);
+    assert_int_equal(pipe_generate(w, m, &req, NULL, &i2i), DF_ENOMEM);
+    print_message("budget too small: %s\n", df_errmsg());
+    free(init);
+    pipe_result_free(&whole);
+    pipe_result_free(&tiled);
+    pipe_worker_destroy(w);
+    model_destroy(m);
+}
+
 static void test_cancel(void **state) {
     (void)state;
     char unet[4096], vae[4096], clip[4096];
@@ -341,6 +386,7 @@ int main(void) {
         cmocka_unit_test(test_bf16_file),
         cmocka_unit_test(test_reproducible),
         cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_tiled_vae),
         cmocka_unit_test(test_single_file_and_folder),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);

@@ -5,7 +5,7 @@
  * config inference from shapes reproduces the manifest's config;
  * config.json reading (every key, defaults, refusals naming the key), a
  * diffusers folder with SDXL's 8-group VAE, SD3's VAE without quant convs,
- * and configs contradicting the weights. */
+ * and configs contradicting the weights. Tiling: test_vae_tiles.c. */
 #include <jansson.h>
 #include <math.h>
 #include <setjmp.h>
@@ -616,11 +616,14 @@ static void write_file(const char *path, const void *data, size_t len) {
     assert_int_equal(fclose(fp), 0);
 }
 
-/* A diffusers folder: the tiny SD1.x UNet and text encoder (links into
+/* A diffusers folder: the tiny SD1.x model's other parts (links into
  * `make tiny-model`'s folder) with pipeline_sdxl_tiny's VAE and `config`
  * as vae/config.json. */
+static const char *const folder_links[] = {"model_index.json", "scheduler", "unet", "text_encoder"};
+#define N_LINKS (sizeof folder_links / sizeof folder_links[0])
+
 struct folder {
-    char dir[64], path[4][256];
+    char dir[64], link[N_LINKS][256], vae[256], weights[256], config[256];
 };
 
 /* a/b into out, which must hold it */
@@ -637,37 +640,33 @@ static void folder_create(struct folder *fo) {
     if (!realpath(src, abs)) fail_msg("%s missing: run make tiny-model", src);
     snprintf(fo->dir, sizeof fo->dir, "/tmp/df_test_vae_XXXXXX");
     assert_non_null(mkdtemp(fo->dir));
-    static const char *const links[] = {"unet", "text_encoder"};
-    for (int i = 0; i < 2; i++) {
-        join(fo->path[i], sizeof fo->path[i], fo->dir, links[i]);
-        join(src, sizeof src, abs, links[i]);
-        assert_int_equal(symlink(src, fo->path[i]), 0);
+    for (size_t i = 0; i < N_LINKS; i++) {
+        join(fo->link[i], sizeof fo->link[i], fo->dir, folder_links[i]);
+        join(src, sizeof src, abs, folder_links[i]);
+        assert_int_equal(symlink(src, fo->link[i]), 0);
     }
-    join(fo->path[2], sizeof fo->path[2], fo->dir, "vae");
-    assert_int_equal(mkdir(fo->path[2], 0700), 0);
+    join(fo->vae, sizeof fo->vae, fo->dir, "vae");
+    assert_int_equal(mkdir(fo->vae, 0700), 0);
     size_t len;
     char *img = image_of("pipeline_sdxl_tiny.safetensors", &(struct edit){.only = "vae."}, &len);
-    join(src, sizeof src, fo->path[2], "diffusion_pytorch_model.safetensors");
-    write_file(src, img, len);
+    join(fo->weights, sizeof fo->weights, fo->vae, "diffusion_pytorch_model.safetensors");
+    write_file(fo->weights, img, len);
     free(img);
-    join(fo->path[3], sizeof fo->path[3], fo->path[2], "config.json");
+    join(fo->config, sizeof fo->config, fo->vae, "config.json");
 }
 
 static df_status folder_load(struct folder *fo, const json_t *config, struct model **m) {
-    assert_int_equal(json_dump_file(config, fo->path[3], 0), 0);
+    assert_int_equal(json_dump_file(config, fo->config, 0), 0);
     struct model_options opt = {.path = fo->dir, .precision = WTS_F32};
     return model_load(tu_device(), &opt, m);
 }
 
 static void folder_destroy(struct folder *fo) {
     if (!fo->dir[0]) return;
-    char weights[4096];
-    join(weights, sizeof weights, fo->path[2], "diffusion_pytorch_model.safetensors");
-    unlink(weights);
-    unlink(fo->path[3]);
-    rmdir(fo->path[2]);
-    unlink(fo->path[0]);
-    unlink(fo->path[1]);
+    unlink(fo->weights);
+    unlink(fo->config);
+    rmdir(fo->vae);
+    for (size_t i = 0; i < N_LINKS; i++) unlink(fo->link[i]);
     rmdir(fo->dir);
     fo->dir[0] = 0;
 }

@@ -14,6 +14,7 @@
 
 #include "compute/program.h"
 #include "models/model.h"
+#include "models/vae_tiles.h"
 #include "../common/clock.h"
 
 #define MAX_SIZES 8
@@ -84,6 +85,18 @@ static df_status time_pass(struct device *dev, struct cg_graph *g, struct cg_ten
     return st;
 }
 
+/* A stage run n times over equal inputs (VAE tiles): n times the cost. */
+static void stage_scale(struct stage *s, int n) {
+    s->host_s *= n;
+    s->gpu_ms *= n;
+    s->flops *= n;
+    for (int k = 0; k < CG_OP_COUNT; k++) {
+        s->kinds.ms[k] *= n;
+        s->kinds.flops[k] *= n;
+        s->kinds.dispatches[k] *= n;
+    }
+}
+
 static void print_stage(const struct stage *s) {
     printf("  %-14s %9.2f s  gpu %9.1f ms  %8.2f GFLOP  %6.2f GFLOP/s  arena %7.1f MiB\n", s->name, s->host_s,
            s->gpu_ms, s->flops * 1e-9, s->host_s > 0 ? s->flops * 1e-9 / s->host_s : 0, (double)s->arena / (1 << 20));
@@ -128,9 +141,19 @@ static df_status bench_size(struct device *dev, struct model *m, int size, int d
     }
     cg_destroy(g);
     if (st != DF_OK) return st;
+    /* the decode as the pipeline runs it: in tiles when a whole pass would
+     * not fit 3/4 of the device's largest allocation; one tile is timed,
+     * every tile costs the same */
+    struct vae_tiles tiles;
+    int tile, overlap, dh = decode_size / s;
+    uint64_t budget = dev_caps(dev)->max_allocation_size / 4 * 3;
+    if ((st = vae_tiles_pick(dh, dh, 8, budget, vae_decode_bytes, &m->vae, &tile, &overlap)) != DF_OK ||
+        (st = vae_tiles_decode_plan(m->vae.cfg.latent_channels, m->vae.cfg.out_channels, s, dh, dh, tile, overlap,
+                                    &tiles)) != DF_OK)
+        return st;
     if ((st = cg_create(&g)) != DF_OK) return st;
-    struct cg_tensor *z = cg_input(g, "latent", 4,
-                                   (int64_t[]){1, m->vae.cfg.latent_channels, decode_size / s, decode_size / s}),
+    struct cg_tensor *z = cg_input(g, "latent", 4, (int64_t[]){1, m->vae.cfg.latent_channels, tiles.tile_h,
+                                                              tiles.tile_w}),
                      *img;
     if ((st = vae_decode(g, &m->vae, z, &img)) == DF_OK) {
         cg_output(g, img);
@@ -138,12 +161,17 @@ static df_status bench_size(struct device *dev, struct model *m, int size, int d
     }
     cg_destroy(g);
     if (st != DF_OK) return st;
+    int n_tiles = tiles.rows * tiles.cols;
+    stage_scale(&vae, n_tiles);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("\n%s, %dx%d (latent %dx%d), VAE decode at %dx%d, weights %s\n", m->family->label, size, size, lw, lh,
            decode_size, decode_size, m->precision == WTS_F16 ? "fp16" : "fp32");
     print_stage(&text);
     print_stage(&unet);
+    if (n_tiles > 1)
+        printf("  (VAE decode in %d tiles of %lldx%lld latent px, overlap %d: one tile timed, times %d)\n", n_tiles,
+               (long long)tiles.tile_h, (long long)tiles.tile_w, overlap, n_tiles);
     print_stage(&vae);
     printf("  one 20-step CFG image ~ %.1f s (text + 20 denoiser evals + decode)\n",
            text.host_s + 20 * unet.host_s + vae.host_s);
