@@ -24,9 +24,7 @@
 #include "../models/model.h"
 #include "../models/pipeline.h"
 #include "../models/safetensors.h"
-#include "../server/config.h"
 #include "../server/image.h"
-#include "../server/serve.h"
 #include "serverutil.h"
 #include "testutil.h"
 
@@ -34,30 +32,9 @@
 #define OUT_W "model.diffusion_model.out.2.weight" /* the UNet's last conv, LDM names */
 #define OUT_B "model.diffusion_model.out.2.bias"
 
-struct daemon {
-    struct config cfg;
-    struct server *srv;
-    int port;
-};
-
-static struct daemon pair_d, plain_d; /* folder + single file as v; the single file as it is */
+static struct su_daemon pair_d, plain_d; /* folder + single file as v; the single file as it is */
 static char tiny[1024], folder[1100], single[1100], cfgs[3][1200], tmpdir[64];
 static json_t *configs[3]; /* unet, vae, text_encoder */
-
-static int start(struct daemon *d, int argc, char **argv) {
-    bool help;
-    if (cfg_load(argc, argv, &d->cfg, &help) != DF_OK || serve_create(&d->cfg, &d->srv) != DF_OK) {
-        fprintf(stderr, "daemon: %s\n", df_errmsg());
-        return -1;
-    }
-    d->port = serve_port(d->srv);
-    return d->port > 0 ? 0 : -1;
-}
-
-static void stop(struct daemon *d) {
-    serve_destroy(d->srv);
-    cfg_free(&d->cfg);
-}
 
 static int setup(void **state) {
     (void)state;
@@ -86,15 +63,16 @@ static int setup(void **state) {
     char *b[] = {"serve", "--model", single, "--unet-config", cfgs[0], "--vae-config", cfgs[1],
                  "--text-encoder-config", cfgs[2], "--precision", "fp32", "--port", "0", "--log-level", "warn",
                  "--http-threads", "2"};
-    if (start(&pair_d, sizeof a / sizeof a[0], a) || start(&plain_d, sizeof b / sizeof b[0], b)) return -1;
+    if (su_daemon_start(&pair_d, sizeof a / sizeof a[0], a) || su_daemon_start(&plain_d, sizeof b / sizeof b[0], b))
+        return -1;
     su_pin_libraries();
     return 0;
 }
 
 static int teardown(void **state) {
     (void)state;
-    stop(&pair_d);
-    stop(&plain_d);
+    su_daemon_stop(&pair_d);
+    su_daemon_stop(&plain_d);
     for (int k = 0; k < 3; k++) json_decref(configs[k]);
     rmdir(tmpdir);
     return 0;
@@ -570,12 +548,13 @@ static void test_folder_pad_read_whatever_family(void **state) {
     remove_folder(dir);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    su_filter(argc, argv);
     const struct CMUnitTest tests[] = {
-        SU_TIMED(test_single_file_is_sd2),   SU_TIMED(test_a1111_detection),
-        SU_TIMED(test_broken_tower),         SU_TIMED(test_single_file_equals_folder),
-        SU_TIMED(test_models_state_prediction), SU_TIMED(test_ingredients_matter),
-        SU_TIMED(test_folder_pad_read_whatever_family),
+        SU_TEST(test_single_file_is_sd2),      SU_TEST(test_a1111_detection),
+        SU_TEST(test_broken_tower),            SU_TEST(test_single_file_equals_folder),
+        SU_TEST(test_models_state_prediction), SU_TEST(test_ingredients_matter),
+        SU_TEST(test_folder_pad_read_whatever_family),
     };
     return cmocka_run_group_tests_name("sd2", tests, setup, teardown);
 }
