@@ -108,7 +108,7 @@ TINY_MODEL ?= build/tiny-model
 .PHONY: tiny-model run demo load
 FIXTURES ?= ../shared/fixtures
 tiny-model: $(TINY_MODEL)/tiny-sd15.safetensors $(TINY_MODEL)/sdxl-conditioner-tiny.safetensors \
-            $(TINY_MODEL)/tiny-sdxl.safetensors
+            $(TINY_MODEL)/tiny-sdxl.safetensors $(TINY_MODEL)/tiny-sd2.safetensors
 $(TINY_MODEL)/tiny-sd15.safetensors: tests/make_tiny_model.py
 	$(PYTHON) tests/make_tiny_model.py --out $(TINY_MODEL)
 # The fixtures' CLIP-L and CLIP-G as SDXL's single file stores them (tests/test_clip.c)
@@ -122,6 +122,11 @@ $(TINY_MODEL)/sdxl-conditioner-tiny.safetensors: tools/clip_to_openclip.py $(FIX
 $(TINY_MODEL)/tiny-sdxl.safetensors: tests/make_tiny_sdxl.py tests/make_tiny_model.py tools/clip_to_openclip.py
 	@mkdir -p $(dir $@)
 	$(PYTHON) tests/make_tiny_sdxl.py --fixtures $(FIXTURES) --out $(TINY_MODEL)
+
+# SD2.x from the oracle's tiny SD1.x parts, as a single file and a diffusers folder (tests/test_sd2.c)
+$(TINY_MODEL)/tiny-sd2.safetensors: tests/make_tiny_sd2.py tests/make_tiny_model.py tools/clip_to_openclip.py
+	@mkdir -p $(dir $@)
+	$(PYTHON) tests/make_tiny_sd2.py --fixtures $(FIXTURES) --out $(TINY_MODEL)
 
 # The daemon on 127.0.0.1:7860 with MODEL, or the tiny model.
 run: $(BUILD)/diffusiond tiny-model

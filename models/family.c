@@ -28,7 +28,7 @@ static const struct {
     const char *class_name;
     const struct model_family *family;
 } by_pipeline[] = {
-    {"StableDiffusionPipeline", &family_sd1}, /* SD2 folders too: the text encoder's width tells */
+    {"StableDiffusionPipeline", &family_sd1}, /* SD2 folders too: the text encoder tells (sd1_or_sd2) */
     {"StableDiffusionImg2ImgPipeline", &family_sd1},
     {"StableDiffusionXLPipeline", &family_sdxl},
     {"StableDiffusionXLImg2ImgPipeline", &family_sdxl},
@@ -53,16 +53,21 @@ static bool exists(const char *dir, const char *sub) {
     return stat(path, &sb) == 0;
 }
 
-/* SD2.x folders use StableDiffusionPipeline like SD1.x: a 1024-wide
- * text encoder (OpenCLIP-H converted) is what sets them apart. */
+/* SD2.x folders use StableDiffusionPipeline like SD1.x; their text encoder
+ * (OpenCLIP-H converted) is what sets them apart: GELU, where OpenAI's
+ * CLIP-L (every SD1.x) is quick_gelu. The activation is the architecture,
+ * so it holds for any width (a pruned or tiny SD2 too); width 1024 alone
+ * also says OpenCLIP-H. Only the label and the pad id used when there is
+ * no tokenizer/ folder depend on the answer. */
 static const struct model_family *sd1_or_sd2(const char *folder) {
     char path[4200];
     snprintf(path, sizeof path, "%s/text_encoder/config.json", folder);
     json_t *j = json_load_file(path, 0, NULL);
     const json_t *h = json_object_get(j, "hidden_size");
-    const struct model_family *f = json_is_integer(h) && json_integer_value(h) == 1024 ? &family_sd2 : &family_sd1;
+    const char *act = json_string_value(json_object_get(j, "hidden_act"));
+    bool openclip = (act && strcmp(act, "gelu") == 0) || (json_is_integer(h) && json_integer_value(h) == 1024);
     json_decref(j);
-    return f;
+    return openclip ? &family_sd2 : &family_sd1;
 }
 
 df_status family_for_folder(const char *folder, const struct model_family **out) {

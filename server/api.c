@@ -829,9 +829,14 @@ static void route_models(struct api_ctx *app, struct http_request *req) {
     json_t *arr = json_array();
     for (int i = 0; i < app->n_models; i++) {
         const struct model *m = app->models[i].m;
-        json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:s, s:b}", "name", m->name, "title",
+        enum smp_prediction p = m->scheduler.prediction_type;
+        /* scheduler_config.json's words; AUTO is the samplers' epsilon */
+        const char *pred = p == SMP_PRED_V ? "v_prediction" : p == SMP_PRED_SAMPLE ? "sample"
+                         : p == SMP_PRED_FLOW ? "flow" : "epsilon";
+        json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:b}", "name", m->name, "title",
                                              app->models[i].title, "hash", m->hash, "family",
                                              m->family->name, "layout", m->layout ? m->layout : "",
+                                             "prediction", pred, "prediction_source", m->prediction_source,
                                              "default", i == 0));
     }
     http_respond_json(req, 200, json_pack("{s:s, s:o}", "default", app->models[0].m->name, "models", arr));
