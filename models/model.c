@@ -5,6 +5,7 @@
 #include "model.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -207,6 +208,8 @@ df_status model_load(struct device *dev, const struct model_options *opt, struct
     struct model *m = calloc(1, sizeof *m);
     if (!m) return df_error(DF_ENOMEM, "out of memory");
     m->precision = opt->precision;
+    static atomic_uint_fast64_t serials;
+    m->serial = atomic_fetch_add(&serials, 1) + 1;
     struct comp_source main_src, own[COMP_COUNT];
     struct model_sources src;
     memset(&main_src, 0, sizeof main_src);
@@ -289,13 +292,13 @@ df_status model_load(struct device *dev, const struct model_options *opt, struct
     const json_t *vc = src.comp[COMP_VAE].config;
     m->vae_fp32 = fam->vae_force_upcast && !json_is_false(json_object_get(vc, "force_upcast")); /* default: true */
     TRY(load_vae(m, dev, &src.comp[COMP_VAE]));
+    TRY(set_prediction(m, opt)); /* before the family: a configured type spares SD2's test */
     TRY(fam->load(m, dev, &src));
     if (fam->latent_channels(m) != m->vae.cfg.latent_channels) {
         st = df_error(DF_EINVAL, "the VAE's %d latent channels do not match the denoiser's %d",
                       m->vae.cfg.latent_channels, fam->latent_channels(m));
         goto done;
     }
-    TRY(set_prediction(m, opt));
     TRY(set_hash(m, hash_path));
     if (main_src.file && src.single_file && family_for_checkpoint(main_src.kind.family))
         report_outside(opt, main_src.file);

@@ -40,6 +40,7 @@ struct model_options {
 struct model {
     char name[128];            /* file or folder stem: "v1-5-pruned-emaonly" */
     char hash[16];             /* A1111 "Model hash": sha256[:10] of the file */
+    uint64_t serial;           /* unique per load: what a worker's recorded passes were made for */
     const struct model_family *family;
     const char *layout;        /* "single-file (LDM keys)", "diffusers folder", ... */
     enum wts_precision precision;

@@ -27,8 +27,9 @@ struct pass {
  * reuses them, so a steady stream of same-size requests records nothing. */
 struct pass_key {
     const struct model *model;
+    uint64_t model_serial;       /* another model can be loaded at a freed one's address */
     int text_batch, unet_batch, latent_h, latent_w, clip_skip;
-    bool encode;
+    int encode;                  /* int: no padding, the key is compared with memcmp */
 };
 
 struct pipe_worker {
@@ -353,7 +354,7 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
     bool cfg = req->cfg_scale > 1.0f;
     int n = req->batch, s = vae_scale(&m->vae.cfg);
     int lh = req->height / s, lw = req->width / s, lc = m->family->latent_channels(m);
-    struct pass_key key = {m, cfg ? 2 : 1, cfg ? 2 * n : n, lh, lw, req->clip_skip, req->init_image != NULL};
+    struct pass_key key = {m, m->serial, cfg ? 2 : 1, cfg ? 2 * n : n, lh, lw, req->clip_skip, req->init_image != NULL};
     if ((st = prepare(w, &key)) != DF_OK) return st;
     struct fam_cond fc;
     m->family->cond(m, &fc);
