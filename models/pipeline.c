@@ -384,7 +384,7 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
         size_t which = cfg ? (b < (size_t)n ? 0 : 1) : 0;
         memcpy(r.context + b * ctx, r.embeds + which * ctx, ctx * sizeof(float));
         memcpy(r.pooled + b * pd, r.pooled_embeds + which * pd, pd * sizeof(float));
-        memcpy(r.time_ids + b * nid, r.time_ids, nid * sizeof(float)); /* the same for both halves */
+        if (b) memcpy(r.time_ids + b * nid, r.time_ids, nid * sizeof(float)); /* the same for both halves */
     }
     res->seconds_text = clock_now() - t;
     if (cancelled(hooks)) { st = df_error(DF_ECANCELLED, "cancelled"); goto done; }
