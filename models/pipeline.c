@@ -217,10 +217,12 @@ static df_status encode_text(struct pipe_worker *w, const struct model *m, const
     const char *texts[2] = {r->negative_prompt ? r->negative_prompt : "", r->prompt};
     int first = cfg ? 0 : 1;
     df_status st = DF_OK;
+    enum { MAX_SEQ = 512 };
+    if (fc->seq_len > MAX_SEQ) return df_error(DF_EUNSUPPORTED, "text encoders of %d tokens (at most %d)", fc->seq_len, MAX_SEQ);
     for (int k = 0; k < fc->n_encoders && st == DF_OK; k++) {
-        float ids[2 * 512], rows[2];
+        float ids[2 * MAX_SEQ], rows[2];
         for (int i = first; i < 2 && st == DF_OK; i++) {
-            int32_t tok[512];
+            int32_t tok[MAX_SEQ];
             int eos;
             if ((st = m->family->tokenize(m, k, texts[i], tok, &eos)) != DF_OK)
                 return df_error(st, "%s: %s", i ? "prompt" : "negative_prompt", df_errmsg());
