@@ -218,7 +218,8 @@ static df_status encode_text(struct pipe_worker *w, const struct model *m, const
     int first = cfg ? 0 : 1;
     df_status st = DF_OK;
     enum { MAX_SEQ = 512 };
-    if (fc->seq_len > MAX_SEQ) return df_error(DF_EUNSUPPORTED, "text encoders of %d tokens (at most %d)", fc->seq_len, MAX_SEQ);
+    if (fc->seq_len > MAX_SEQ)
+        return df_error(DF_EUNSUPPORTED, "text encoders of %d tokens (at most %d)", fc->seq_len, MAX_SEQ);
     for (int k = 0; k < fc->n_encoders && st == DF_OK; k++) {
         float ids[2 * MAX_SEQ], rows[2];
         for (int i = first; i < 2 && st == DF_OK; i++) {
