@@ -156,7 +156,9 @@ static void test_micro_conditioning_matters(void **state) {
     (void)state;
     int w, h;
     float *a = generate(folder_d.port, &w, &h, NULL);
-    json_t *req = json_loads(oracle_request(&w, &h), 0, NULL);
+    char *text = oracle_request(&w, &h);
+    json_t *req = json_loads(text, 0, NULL);
+    free(text);
     json_object_set_new(req, "original_size", json_pack("[i, i]", 1024, 1024));
     char *body = json_dumps(req, 0);
     struct su_resp r;
