@@ -124,7 +124,66 @@ static int compute_queue_family(VkPhysicalDevice phys) {
     return any;
 }
 
-static void query_caps(VkPhysicalDevice phys, struct dev_caps *c, bool *usable) {
+static bool has_extension(const VkExtensionProperties *ext, uint32_t n, const char *name) {
+    for (uint32_t i = 0; i < n; i++)
+        if (strcmp(ext[i].extensionName, name) == 0) return true;
+    return false;
+}
+
+static uint8_t component_bits(VkComponentTypeNV t) {
+    return t == VK_COMPONENT_TYPE_FLOAT16_NV ? 16 : t == VK_COMPONENT_TYPE_FLOAT32_NV ? 32 : 0;
+}
+
+/* Extensions that are only reported, and the cooperative-matrix shapes. */
+static void query_extensions(VkInstance inst, VkPhysicalDevice phys, struct dev_caps *c) {
+    uint32_t n = 0;
+    vkEnumerateDeviceExtensionProperties(phys, NULL, &n, NULL);
+    VkExtensionProperties *ext = calloc(n ? n : 1, sizeof *ext);
+    if (!ext) return;
+    vkEnumerateDeviceExtensionProperties(phys, NULL, &n, ext);
+    c->coopmat_khr_ext = has_extension(ext, n, "VK_KHR_cooperative_matrix");
+    c->coopmat2_nv_ext = has_extension(ext, n, "VK_NV_cooperative_matrix2");
+    bool sgsc = has_extension(ext, n, VK_EXT_SUBGROUP_SIZE_CONTROL_EXTENSION_NAME) ||
+                c->api_version >= VK_API_VERSION_1_3;
+    bool nv = has_extension(ext, n, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME);
+    free(ext);
+    VkPhysicalDeviceSubgroupSizeControlFeatures fsc = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_SIZE_CONTROL_FEATURES};
+    VkPhysicalDeviceCooperativeMatrixFeaturesNV fcm = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV, .pNext = sgsc ? &fsc : NULL};
+    VkPhysicalDeviceFeatures2 f = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2,
+                                   .pNext = nv ? (void *)&fcm : sgsc ? (void *)&fsc : NULL};
+    vkGetPhysicalDeviceFeatures2(phys, &f);
+    if (sgsc && fsc.subgroupSizeControl && fsc.computeFullSubgroups) {
+        VkPhysicalDeviceSubgroupSizeControlProperties psc = {
+            .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_SIZE_CONTROL_PROPERTIES};
+        VkPhysicalDeviceProperties2 p = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &psc};
+        vkGetPhysicalDeviceProperties2(phys, &p);
+        c->subgroup_size_control = (psc.requiredSubgroupSizeStages & VK_SHADER_STAGE_COMPUTE_BIT) != 0;
+        c->min_subgroup_size = psc.minSubgroupSize;
+        c->max_subgroup_size = psc.maxSubgroupSize;
+    }
+    if (!nv || !fcm.cooperativeMatrix) return;
+    PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV get = (PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV)
+        vkGetInstanceProcAddr(inst, "vkGetPhysicalDeviceCooperativeMatrixPropertiesNV");
+    if (!get) return;
+    uint32_t np = 0;
+    get(phys, &np, NULL);
+    VkCooperativeMatrixPropertiesNV *props = calloc(np ? np : 1, sizeof *props);
+    if (!props) return;
+    for (uint32_t i = 0; i < np; i++) props[i].sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_NV;
+    get(phys, &np, props);
+    for (uint32_t i = 0; i < np && c->ncoopmat < 16; i++) {
+        if (props[i].scope != VK_SCOPE_SUBGROUP_NV) continue;
+        c->coopmat[c->ncoopmat++] = (struct dev_coopmat){
+            props[i].MSize, props[i].NSize, props[i].KSize, component_bits(props[i].AType),
+            component_bits(props[i].BType), component_bits(props[i].CType), component_bits(props[i].DType)};
+    }
+    free(props);
+    c->coopmat_nv = c->ncoopmat > 0;
+}
+
+static void query_caps(VkInstance inst, VkPhysicalDevice phys, struct dev_caps *c, bool *usable) {
     VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
     VkPhysicalDeviceVulkan11Features f11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES, .pNext = &f12};
     VkPhysicalDeviceFeatures2 f = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f11};
@@ -191,6 +250,7 @@ static void query_caps(VkPhysicalDevice phys, struct dev_caps *c, bool *usable) 
         vkGetPhysicalDeviceQueueFamilyProperties(phys, &n, props);
         c->timestamps = props[qf].timestampValidBits > 0 && pp->limits.timestampPeriod > 0;
     }
+    if (v12) query_extensions(inst, phys, c);
     if (usable) *usable = v12 && c->buffer_device_address && qf >= 0;
 }
 
@@ -206,7 +266,7 @@ df_status dev_list(struct dev_caps *caps, bool *usable, int max, int *count) {
     vkEnumeratePhysicalDevices(inst, &n, phys);
     int k = 0;
     for (uint32_t i = 0; i < n && k < max; i++, k++)
-        query_caps(phys[i], &caps[k], usable ? &usable[k] : NULL);
+        query_caps(inst, phys[i], &caps[k], usable ? &usable[k] : NULL);
     *count = (int)n;
     vkDestroyInstance(inst, NULL);
     return DF_OK;
@@ -228,7 +288,7 @@ static df_status pick_device(struct device *d, VkPhysicalDevice *phys, uint32_t 
     for (uint32_t i = 0; i < n; i++) {
         struct dev_caps c;
         bool usable;
-        query_caps(phys[i], &c, &usable);
+        query_caps(d->instance, phys[i], &c, &usable);
         if (cfg->index >= 0 && (int)i != cfg->index) continue;
         if (cfg->name_contains && *cfg->name_contains && !strstr(c.name, cfg->name_contains))
             continue;

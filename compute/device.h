@@ -35,6 +35,18 @@ struct dev_caps {
     bool host_visible_device_local; /* a memory type that maps directly */
     bool timestamps;              /* compute queue timestamps usable */
     double timestamp_period_ns;
+    /* subgroup size control (VK_EXT_subgroup_size_control / 1.3) */
+    bool subgroup_size_control;
+    uint32_t min_subgroup_size, max_subgroup_size;
+    /* matrix units: VK_NV_cooperative_matrix and the shapes it reports
+     * (subgroup scope); the KHR and NV2 extensions are only noted */
+    bool coopmat_nv;
+    bool coopmat_khr_ext, coopmat2_nv_ext;
+    int ncoopmat;
+    struct dev_coopmat {
+        uint32_t m, n, k;
+        uint8_t a, b, c, d;       /* component types: 16 = fp16, 32 = fp32, other = 0 */
+    } coopmat[16];
 };
 
 struct dev_config {
