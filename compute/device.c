@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "selftest.h"
 #include "shaders.h"
 
 #define STAGING_BYTES (32u << 20)
@@ -181,6 +182,12 @@ static void query_extensions(VkInstance inst, VkPhysicalDevice phys, struct dev_
     }
     free(props);
     c->coopmat_nv = c->ncoopmat > 0;
+    for (int i = 0; i < c->ncoopmat; i++) {
+        const struct dev_coopmat *m = &c->coopmat[i];
+        if (m->m == 16 && m->n == 16 && m->k == 16 && m->a == 16 && m->b == 16 && m->c == 32 && m->d == 32)
+            c->gemm_coop_available = c->subgroup_size == 32 && c->shader_float16 && c->storage_16bit &&
+                                     c->max_shared_memory >= 32768 && c->max_workgroup_invocations >= 256;
+    }
 }
 
 static void query_caps(VkInstance inst, VkPhysicalDevice phys, struct dev_caps *c, bool *usable) {
@@ -347,13 +354,20 @@ static df_status create_logical(struct device *d) {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES, .pNext = &f12,
         .storageBuffer16BitAccess = d->caps.storage_16bit,
     };
+    VkPhysicalDeviceCooperativeMatrixFeaturesNV fcm = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV, .pNext = &f11,
+        .cooperativeMatrix = VK_TRUE,
+    };
+    bool coop = d->caps.gemm_coop_available;
     VkPhysicalDeviceFeatures2 f = {
-        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f11,
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = coop ? (void *)&fcm : (void *)&f11,
         .features = {.shaderInt64 = d->caps.shader_int64},
     };
+    const char *exts[] = {VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME};
     VkDeviceCreateInfo ci = {
         .sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .pNext = &f,
         .queueCreateInfoCount = 1, .pQueueCreateInfos = &qci,
+        .enabledExtensionCount = coop ? 1 : 0, .ppEnabledExtensionNames = coop ? exts : NULL,
     };
     df_status st = vk_check(vkCreateDevice(d->phys, &ci, NULL, &d->dev), "vkCreateDevice");
     if (st != DF_OK) return st;
@@ -419,6 +433,7 @@ df_status dev_create(const struct dev_config *cfg, struct device **out) {
         dev_destroy(d);
         return st;
     }
+    selftest_device(d);
     *out = d;
     return DF_OK;
 }

@@ -47,6 +47,11 @@ struct dev_caps {
         uint32_t m, n, k;
         uint8_t a, b, c, d;       /* component types: 16 = fp16, 32 = fp32, other = 0 */
     } coopmat[16];
+    /* the cooperative-matrix GEMM: offered by the device (16x16x16 fp16
+     * operands with fp32 sums, subgroups of 32), and in use (its start-up
+     * self-test passed) */
+    bool gemm_coop_available;
+    bool gemm_coop;
 };
 
 struct dev_config {
@@ -54,6 +59,7 @@ struct dev_config {
     const char *name_contains;  /* substring of the device name, or NULL */
     bool validation;            /* enable VK_LAYER_KHRONOS_validation */
     bool force_staging;         /* never map device memory directly */
+    bool no_matrix_units;       /* never use cooperative matrices (A/B timing) */
 };
 
 struct device;

@@ -20,6 +20,7 @@ static bool pow2(uint32_t x) { return x && !(x & (x - 1)); }
 
 static uint32_t wg_size(const struct dev_caps *caps, const struct gemm_tiles *t) {
     if (t->path == GEMM_SUBGROUP) return caps->subgroup_size;
+    if (t->path == GEMM_COOP) return 256;
     return (uint32_t)((t->bm / t->tm) * (t->bn / t->tn));
 }
 
@@ -34,6 +35,11 @@ bool kern_gemm_tiles_valid(const struct dev_caps *caps, const struct gemm_tiles 
                t->bm == t->tm && t->bn == (int)sg * t->tn && t->tm <= 64 && t->tn <= 16 &&
                (t->tn % 4 || 4ull * (uint64_t)t->bm * (uint64_t)t->bn <= caps->max_shared_memory);
     }
+    if (t->path == GEMM_COOP) {
+        struct gemm_tiles c = kern_gemm_coop_tiles();
+        return caps->gemm_coop_available && t->bm == c.bm && t->bn == c.bn && t->bk == c.bk && t->tm == c.tm &&
+               t->tn == c.tn;
+    }
     if (t->path != GEMM_TILED) return false;
     if (t->bm % t->tm || t->bn % t->tn || t->bk % 4) return false;
     uint32_t wg = wg_size(caps, t);
@@ -42,6 +48,10 @@ bool kern_gemm_tiles_valid(const struct dev_caps *caps, const struct gemm_tiles 
     /* vec4 rows of BK/4 + 1 (padding) for both tiles */
     uint64_t shared = 16ull * (uint64_t)(t->bk / 4 + 1) * (uint64_t)(t->bm + t->bn);
     return shared <= caps->max_shared_memory;
+}
+
+struct gemm_tiles kern_gemm_coop_tiles(void) {
+    return (struct gemm_tiles){GEMM_COOP, 128, 128, 32, 64, 32};
 }
 
 struct gemm_tiles kern_gemm_subgroup_tiles(const struct dev_caps *caps, int tm, int tn) {
@@ -75,20 +85,27 @@ struct gemm_tiles kern_gemm_tiles(const struct dev_caps *caps, long long m, long
     return t;
 }
 
-static df_status pick(const struct enc *e, const char *what, int64_t m, int64_t n, int64_t k,
+/* fp16 weights on a device whose matrix path passed its self-test: the
+ * matrix units (fp32 weights keep the fp32 tiles: --fp32 is the exact mode). */
+static df_status pick(const struct enc *e, const char *what, int64_t m, int64_t n, int64_t k, bool f16,
                       struct gemm_tiles *t) {
-    *t = kern_gemm_tiles(enc_caps(e), m, n, k);
+    if (!override.tiles.bm && f16 && enc_caps(e)->gemm_coop) *t = kern_gemm_coop_tiles();
+    else *t = kern_gemm_tiles(enc_caps(e), m, n, k);
     if (!kern_gemm_tiles_valid(enc_caps(e), t))
         return df_error(DF_EINVAL, "%s: %s tiles %dx%dx%d / %dx%d invalid on this device", what,
-                        t->path == GEMM_SUBGROUP ? "subgroup" : "tiled", t->bm, t->bn, t->bk, t->tm, t->tn);
+                        t->path == GEMM_SUBGROUP ? "subgroup" : t->path == GEMM_COOP ? "matrix" : "tiled", t->bm, t->bn, t->bk, t->tm, t->tn);
     return DF_OK;
 }
 
 /* The shader variant: "<op>_sg" for the subgroup path (fp16 as packed
  * words: on a CPU driver a 16-bit load costs as much as a 32-bit one),
- * "<op>_s16" for tiles over fp16 data when 16-bit storage is there. */
-static const char *variant(const struct enc *e, const struct gemm_tiles *t, bool f16, const char *const names[3]) {
+ * "<op>_s16" for tiles over fp16 data when 16-bit storage is there,
+ * "<op>_cm" on the matrix units; names[4], names[5]: the deliberately
+ * broken tiled and matrix variants (override.broken; NULL: none). */
+static const char *variant(const struct enc *e, const struct gemm_tiles *t, bool f16, const char *const names[6]) {
+    if (override.broken && names[4]) return t->path == GEMM_COOP ? names[5] : names[4];
     if (t->path == GEMM_SUBGROUP) return names[1];
+    if (t->path == GEMM_COOP) return names[3];
     bool s16 = enc_caps(e)->storage_16bit && (override.storage16 < 0 || override.storage16);
     return f16 && s16 ? names[2] : names[0];
 }
@@ -139,8 +156,9 @@ df_status kern_matmul(struct enc *e, const struct cg_op *op) {
     if (!fits_u32(batch, m, k) || !fits_u32(batch, m, n) || !fits_u32(op->p.matmul.bcast_b ? 1 : batch, n, k))
         return df_error(DF_EUNSUPPORTED, "matmul: %lldx%lldx%lld (batch %lld) exceeds 32-bit indexing",
                         (long long)m, (long long)n, (long long)k, (long long)batch);
+    bool f16 = w->dtype == DT_F16 || (bias && bias->dtype == DT_F16);
     struct gemm_tiles t;
-    df_status st = pick(e, "matmul", m, n, k, &t);
+    df_status st = pick(e, "matmul", m, n, k, f16, &t);
     if (st != DF_OK) return st;
     struct {
         uint64_t a, w, bias, y;
@@ -163,8 +181,8 @@ df_status kern_matmul(struct enc *e, const struct cg_op *op) {
     uint32_t spec[11] = {wg_size(enc_caps(e), &t), (uint32_t)t.bm, (uint32_t)t.bn, (uint32_t)t.bk, (uint32_t)t.tm,
                          (uint32_t)t.tn, op->p.matmul.trans_b, w->dtype == DT_F16, spec_bias(bias),
                          vec_ok(e, a, k), op->p.matmul.trans_b && vec_ok(e, w, k)};
-    bool f16 = w->dtype == DT_F16 || (bias && bias->dtype == DT_F16);
-    static const char *const names[3] = {"matmul", "matmul_sg", "matmul_s16"};
+    static const char *const names[6] = {"matmul", "matmul_sg", "matmul_s16", "matmul_cm", "matmul_bad",
+                                         "matmul_cmbad"};
     const char *shader = variant(e, &t, f16, names);
     return dispatch_batched(e, shader, spec, 11, &pc, sizeof pc, &pc.z0, tiles, batch);
 }
@@ -178,8 +196,9 @@ df_status kern_conv2d(struct enc *e, const struct cg_op *op) {
         return df_error(DF_EUNSUPPORTED, "conv2d: stride %d x %d", op->p.conv.stride_y, op->p.conv.stride_x);
     if (!fits_u32(images, c, h * wi) || !fits_u32(images, o, n) || !fits_u32(1, o, k))
         return df_error(DF_EUNSUPPORTED, "conv2d: input or output exceeds 32-bit indexing");
+    bool f16 = w->dtype == DT_F16 || (bias && bias->dtype == DT_F16);
     struct gemm_tiles t;
-    df_status st = pick(e, "conv2d", m, n, k, &t);
+    df_status st = pick(e, "conv2d", m, n, k, f16, &t);
     if (st != DF_OK) return st;
     struct {
         uint64_t x, w, bias, y;
@@ -203,8 +222,7 @@ df_status kern_conv2d(struct enc *e, const struct cg_op *op) {
     uint32_t spec[12] = {wg_size(enc_caps(e), &t), (uint32_t)t.bm, (uint32_t)t.bn, (uint32_t)t.bk, (uint32_t)t.tm,
                          (uint32_t)t.tn, (uint32_t)kh, (uint32_t)kw, (uint32_t)op->p.conv.stride_y,
                          w->dtype == DT_F16, spec_bias(bias), vec_ok(e, w, k)};
-    bool f16 = w->dtype == DT_F16 || (bias && bias->dtype == DT_F16);
-    static const char *const names[3] = {"conv2d", "conv2d_sg", "conv2d_s16"};
+    static const char *const names[6] = {"conv2d", "conv2d_sg", "conv2d_s16", "conv2d_cm", NULL, NULL};
     const char *shader = variant(e, &t, f16, names);
     return dispatch_batched(e, shader, spec, 12, &pc, sizeof pc, &pc.z0, tiles, images);
 }

@@ -12,6 +12,8 @@
 #   fixtures/   the oracle cases check-fixtures passes here, with a manifest
 #               cut down to them (the rest are refused as unsupported and
 #               would only add size)
+#   gl/         libglvnd's .debs: NVIDIA's Vulkan driver in a container needs
+#               libGLdispatch from the host (`run --glvnd` unpacks them into /)
 #   tools/      make_sd15_random.py (the full-size random SD1.5 checkpoint),
 #               make_tiny_model.py (for `run --quick`)
 #   run         the driver: see deploy/device/run
@@ -28,7 +30,7 @@ LIMIT_MIB=60
 TESTS="test_device test_kernels_gemm test_kernels_attn test_kernels_elem test_kernels_norm"
 
 rm -rf "$OUT"
-mkdir -p "$OUT"/{bin,lib,layers,fixtures,tools} "$DEBS"
+mkdir -p "$OUT"/{bin,lib,layers,fixtures,tools,gl} "$DEBS" "$DEBS/gl"
 
 install -m 755 "$BUILD/diffusiond" "$OUT/bin/"
 for t in $TESTS; do install -m 755 "$BUILD/tests/$t" "$OUT/bin/"; done
@@ -67,6 +69,12 @@ for pkg in "${!pkgs[@]}"; do
             { echo "device-bundle: apt-get download $pkg failed" >&2; exit 1; }
     fi
 done
+GLVND="libglvnd0 libegl1 libgl1 libglx0 libopengl0 libgles2"
+for pkg in $GLVND; do
+    ls "$DEBS/gl/${pkg}_"*.deb >/dev/null 2>&1 || (cd "$DEBS/gl" && apt-get download -q "$pkg" >/dev/null 2>&1) ||
+        { echo "device-bundle: apt-get download $pkg failed" >&2; exit 1; }
+done
+cp "$DEBS"/gl/*.deb "$OUT/gl/"
 X=$(mktemp -d)
 trap 'rm -rf "$X"' EXIT
 for deb in "$DEBS"/*.deb; do dpkg -x "$deb" "$X"; done

@@ -16,3 +16,11 @@ VARIANT_attention_wide = shaders/attention.comp -DATTN_WIDE=1
 VARIANT_attention_wide_smem = shaders/attention.comp -DATTN_WIDE_SMEM=1
 # attention, CPU drivers from head dim 32 on: scores as a GEMM by shuffles
 VARIANT_attention_wide_sg = shaders/attention.comp -DATTN_WIDE_SG=1
+# GEMM / conv2d on the matrix units (NV cooperative matrices, fp16 operands,
+# fp32 sums), for devices whose start-up self-test passed
+VARIANT_matmul_cm = shaders/matmul.comp -DSTORAGE16=1 -DCOOP=1
+VARIANT_conv2d_cm = shaders/conv2d.comp -DSTORAGE16=1 -DCOOP=1
+# deliberately wrong (A's last columns dropped), tiled and on the matrix
+# units: tests show the start-up self-test rejects them
+VARIANT_matmul_bad = shaders/matmul.comp -DTEST_BROKEN=1
+VARIANT_matmul_cmbad = shaders/matmul.comp -DSTORAGE16=1 -DCOOP=1 -DTEST_BROKEN=1

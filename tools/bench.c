@@ -183,11 +183,13 @@ int bench_main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--text-encoder") && i + 1 < argc) mo.text_encoder = argv[++i];
         else if (!strcmp(argv[i], "--size") && i + 1 < argc && nsizes < MAX_SIZES) sizes[nsizes++] = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--fp32")) mo.precision = WTS_F32;
+        else if (!strcmp(argv[i], "--no-matrix")) dc.no_matrix_units = true;
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]) > 0 ? atoi(argv[i]) : 1;
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) dc.name_contains = argv[++i];
         else {
             fprintf(stderr, "usage: diffusiond bench --model PATH | --unet F --vae F --text-encoder F\n"
-                            "                       [--size N]... [--fp32] [--device NAME] [--runs N]\n");
+                            "                       [--size N]... [--fp32] [--device NAME] [--runs N]\n"
+                            "                       [--no-matrix]\n");
             return 2;
         }
     }
@@ -210,10 +212,10 @@ int bench_main(int argc, char **argv) {
     }
     const struct dev_caps *c = dev_caps(dev);
     printf("device: %s (%s)\n  fp16 storage %d, shaderFloat16 %d, subgroup %u (%u..%u, control %d), "
-           "shared memory %u, coopmat NV %d (KHR ext %d, NV2 ext %d)\n",
+           "shared memory %u, coopmat NV %d (KHR ext %d, NV2 ext %d), matrix GEMM %s\n",
            c->name, c->driver, c->storage_16bit, c->shader_float16, c->subgroup_size, c->min_subgroup_size,
            c->max_subgroup_size, c->subgroup_size_control, c->max_shared_memory, c->coopmat_nv, c->coopmat_khr_ext,
-           c->coopmat2_nv_ext);
+           c->coopmat2_nv_ext, c->gemm_coop ? "in use" : c->gemm_coop_available ? "off" : "not offered");
     for (int i = 0; i < c->ncoopmat; i++)
         printf("  coopmat %ux%ux%u A%u B%u C%u D%u\n", c->coopmat[i].m, c->coopmat[i].n, c->coopmat[i].k,
                c->coopmat[i].a, c->coopmat[i].b, c->coopmat[i].c, c->coopmat[i].d);

@@ -1,0 +1,95 @@
+// gemm_coop.glsl: the GEMM on the matrix units (GL_NV_cooperative_matrix),
+// with the interface of gemm_core.glsl (a_elem/b_elem/a_vec4/b_vec4 through
+// gemm_load.glsl, store_c, PC_*). Chosen only for fp16 weights on a device
+// whose start-up self-test passed (compute/selftest.c): operands are rounded
+// to fp16 as they are staged, products are summed in fp32.
+//
+// A workgroup of 8 subgroups of 32 lanes computes a 128 x 128 tile of C,
+// stepping through K in slices of 32. Each subgroup owns a 64 x 32 block:
+// 4 x 2 accumulators of 16 x 16 fp32. Shared tiles are k-contiguous fp16
+// rows (As[m][k], Bs[n][k]; B is loaded column-major), padded to 40 halfs
+// (80 bytes: rows stay 16-byte aligned for the matrix loads and neighbouring
+// rows start in other banks). The epilogue goes through a 16 x 16 fp32
+// staging block per subgroup so store_c sees plain (m, n, value) triples:
+// bias, alpha, bounds and the caller's output layout stay the caller's.
+// Tile constants 0..5 of gemm_core.glsl are accepted and ignored. The
+// includer defines B_KFAST (B is k-contiguous in memory) as well.
+#extension GL_NV_cooperative_matrix : require
+#extension GL_KHR_memory_scope_semantics : require
+#extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
+#extension GL_KHR_shader_subgroup_basic : require
+
+const uint BM = 128u, BN = 128u, BK = 32u;
+const uint SM = 4u, SN = 2u;              // 16 x 16 blocks per subgroup along M, N
+const uint SGN = BN / (16u * SN);         // subgroups along N (4)
+const uint WG = 256u;                     // (BM / 64) * SGN subgroups of 32
+const uint K4 = BK / 4u;
+const uint SK = BK + 8u;                  // padded row stride, in halfs
+
+layout(local_size_x = 256) in;
+
+#include "gemm_load.glsl"
+
+shared float16_t As[BM * SK];
+shared float16_t Bs[BN * SK];
+shared float Cs[8u * 256u];
+
+#define MAT16 fcoopmatNV<16, gl_ScopeSubgroup, 16, 16>
+#define MAT32 fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>
+
+void stage(uint m0, uint n0, uint k0) {
+    uint lid = gl_LocalInvocationIndex;
+    [[unroll]] for (uint p = 0u; p < BM * K4 / WG; p++) {
+        uint e = lid + p * WG, r = e / K4, q = e % K4;
+        vec4 v = load_a4(m0 + r, k0 + 4u * q);
+        uint o = r * SK + 4u * q;
+        As[o] = float16_t(v.x); As[o + 1u] = float16_t(v.y);
+        As[o + 2u] = float16_t(v.z); As[o + 3u] = float16_t(v.w);
+    }
+    [[unroll]] for (uint p = 0u; p < BN * K4 / WG; p++) {
+        // B k-contiguous (nn.Linear weights): lanes along k; otherwise (the
+        // convolution's gathered patches, n-contiguous) lanes along n, so a
+        // subgroup reads 32 neighbouring pixels of one input row
+        uint e = lid + p * WG;
+        uint r = B_KFAST ? e / K4 : e % BN, q = B_KFAST ? e % K4 : e / BN;
+        vec4 v = load_b4(k0 + 4u * q, n0 + r);
+        uint o = r * SK + 4u * q;
+        Bs[o] = float16_t(v.x); Bs[o + 1u] = float16_t(v.y);
+        Bs[o + 2u] = float16_t(v.z); Bs[o + 3u] = float16_t(v.w);
+    }
+}
+
+void gemm_tile(uint tile) {
+    uint m0 = (tile / PC_TILES_N) * BM, n0 = (tile % PC_TILES_N) * BN;
+    uint lid = gl_LocalInvocationIndex;
+    uint sg = lid / 32u, lane = lid % 32u;
+    uint bm = (sg / SGN) * (16u * SM), bn = (sg % SGN) * (16u * SN);
+    MAT32 acc[SM][SN];
+    [[unroll]] for (uint i = 0u; i < SM; i++)
+        [[unroll]] for (uint j = 0u; j < SN; j++) acc[i][j] = MAT32(0.0);
+    for (uint k0 = 0u; k0 < PC_K; k0 += BK) {
+        barrier();  // the previous slice is consumed
+        stage(m0, n0, k0);
+        barrier();
+        [[unroll]] for (uint kk = 0u; kk < BK; kk += 16u) {
+            MAT16 a[SM], b[SN];
+            [[unroll]] for (uint i = 0u; i < SM; i++)
+                coopMatLoadNV(a[i], As, (bm + 16u * i) * SK + kk, SK, false);
+            [[unroll]] for (uint j = 0u; j < SN; j++)
+                coopMatLoadNV(b[j], Bs, (bn + 16u * j) * SK + kk, SK, true);
+            [[unroll]] for (uint i = 0u; i < SM; i++)
+                [[unroll]] for (uint j = 0u; j < SN; j++) acc[i][j] = coopMatMulAddNV(a[i], b[j], acc[i][j]);
+        }
+    }
+    [[unroll]] for (uint i = 0u; i < SM; i++)
+        [[unroll]] for (uint j = 0u; j < SN; j++) {
+            coopMatStoreNV(acc[i][j], Cs, sg * 256u, 16u, false);
+            subgroupMemoryBarrierShared();
+            subgroupBarrier();
+            for (uint e = lane; e < 256u; e += 32u) {
+                uint m = m0 + bm + 16u * i + e / 16u, n = n0 + bn + 16u * j + e % 16u;
+                if (m < PC_M && n < PC_N) store_c(m, n, Cs[sg * 256u + e]);
+            }
+            subgroupBarrier();  // read before the next block overwrites
+        }
+}
