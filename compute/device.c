@@ -186,6 +186,7 @@ static void query_extensions(VkInstance inst, VkPhysicalDevice phys, struct dev_
         const struct dev_coopmat *m = &c->coopmat[i];
         if (m->m == 16 && m->n == 16 && m->k == 16 && m->a == 16 && m->b == 16 && m->c == 32 && m->d == 32)
             c->gemm_coop_available = c->subgroup_size == 32 && c->shader_float16 && c->storage_16bit &&
+                                     c->vulkan_memory_model &&
                                      c->max_shared_memory >= 32768 && c->max_workgroup_invocations >= 256;
     }
 }
@@ -223,6 +224,7 @@ static void query_caps(VkInstance inst, VkPhysicalDevice phys, struct dev_caps *
     c->storage_16bit = v12 && f11.storageBuffer16BitAccess;
     c->storage_8bit = v12 && f12.storageBuffer8BitAccess;
     c->shader_float16 = v12 && f12.shaderFloat16;
+    c->vulkan_memory_model = v12 && f12.vulkanMemoryModel;
     c->shader_int64 = f.features.shaderInt64;
     c->buffer_device_address = v12 && f12.bufferDeviceAddress;
     c->subgroup_size = v12 ? p11.subgroupSize : 1;
@@ -349,6 +351,8 @@ static df_status create_logical(struct device *d) {
         .bufferDeviceAddress = VK_TRUE,
         .shaderFloat16 = d->caps.shader_float16,
         .storageBuffer8BitAccess = d->caps.storage_8bit,
+        /* the matrix shaders' scopes (GL_KHR_memory_scope_semantics) */
+        .vulkanMemoryModel = d->caps.gemm_coop_available,
     };
     VkPhysicalDeviceVulkan11Features f11 = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES, .pNext = &f12,

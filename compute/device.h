@@ -21,6 +21,7 @@ struct dev_caps {
     bool storage_16bit;           /* storageBuffer16BitAccess */
     bool storage_8bit;            /* storageBuffer8BitAccess */
     bool shader_float16;          /* fp16 arithmetic */
+    bool vulkan_memory_model;     /* vulkanMemoryModel (the matrix shaders declare it) */
     bool shader_int64;
     bool buffer_device_address;   /* required by diffusiond's kernels */
     uint32_t subgroup_size;
@@ -52,6 +53,7 @@ struct dev_caps {
      * self-test passed) */
     bool gemm_coop_available;
     bool gemm_coop;
+    bool attn_coop;               /* attention on the matrix units, likewise */
 };
 
 struct dev_config {

@@ -131,18 +131,94 @@ df_status selftest_gemm(struct device *dev, struct selftest_result *out) {
     if (st == DF_OK) st = run(dev, &d);
     if (st == DF_OK) {
         reference(&d);
-        out->matmul_err = rel_err(d.y1, d.r1, n_mm);
-        out->conv_err = rel_err(d.y2, d.r2, n_cv);
-        out->passed = out->matmul_err <= SELFTEST_TOLERANCE && out->conv_err <= SELFTEST_TOLERANCE;
+        *out = (struct selftest_result){{rel_err(d.y1, d.r1, n_mm), rel_err(d.y2, d.r2, n_cv)}, {"matmul", "conv2d"}, false};
+        out->passed = out->err[0] <= SELFTEST_TOLERANCE && out->err[1] <= SELFTEST_TOLERANCE;
     }
     data_free(&d);
     return st;
 }
 
-void selftest_gate(struct device *dev, const char *path, void (*enable)(struct device *, bool), bool *passed) {
+/* ---- attention ------------------------------------------------------------ */
+
+struct attn_case { int b, nq, nk, heads, d; };
+static const struct attn_case attn_cases[2] = {{2, 130, 130, 3, 40}, {2, 100, 77, 2, 80}};
+
+static void attn_reference(const struct attn_case *c, const float *q, const float *k, const float *v, double *out) {
+    int hd = c->heads * c->d;
+    double scale = 1.0 / sqrt((double)c->d), *s = malloc(sizeof(double) * (size_t)c->nk);
+    if (!s) return;
+    for (int b = 0; b < c->b; b++)
+        for (int h = 0; h < c->heads; h++)
+            for (int i = 0; i < c->nq; i++) {
+                const float *qi = q + ((size_t)b * c->nq + i) * hd + h * c->d;
+                double mx = -INFINITY, sum = 0;
+                for (int j = 0; j < c->nk; j++) {
+                    const float *kj = k + ((size_t)b * c->nk + j) * hd + h * c->d;
+                    double dot = 0;
+                    for (int e = 0; e < c->d; e++) dot += (double)qi[e] * kj[e];
+                    s[j] = dot * scale;
+                    if (s[j] > mx) mx = s[j];
+                }
+                for (int j = 0; j < c->nk; j++) sum += s[j] = exp(s[j] - mx);
+                for (int e = 0; e < c->d; e++) {
+                    double o = 0;
+                    for (int j = 0; j < c->nk; j++) o += s[j] * v[((size_t)b * c->nk + j) * hd + h * c->d + e];
+                    out[((size_t)b * c->nq + i) * hd + h * c->d + e] = o / sum;
+                }
+            }
+    free(s);
+}
+
+df_status selftest_attention(struct device *dev, struct selftest_result *out) {
+    *out = (struct selftest_result){{INFINITY, INFINITY}, {"self-attention", "cross-attention"}, false};
+    df_status st = DF_OK;
+    uint32_t seed = 0xa77e5eedu;
+    for (int ci = 0; ci < 2 && st == DF_OK; ci++) {
+        const struct attn_case *c = &attn_cases[ci];
+        size_t hd = (size_t)c->heads * c->d, nq = (size_t)c->b * c->nq * hd, nk = (size_t)c->b * c->nk * hd;
+        float *q = malloc(sizeof(float) * nq), *k = malloc(sizeof(float) * nk), *v = malloc(sizeof(float) * nk);
+        float *y = malloc(sizeof(float) * nq);
+        double *ref = calloc(nq, sizeof(double));
+        struct cg_graph *g = NULL;
+        struct program *p = NULL;
+        if (!q || !k || !v || !y || !ref) st = df_error(DF_ENOMEM, "out of memory");
+        for (size_t i = 0; st == DF_OK && i < nq; i++) q[i] = 2.0f * next_rand(&seed);
+        for (size_t i = 0; st == DF_OK && i < nk; i++) k[i] = 2.0f * next_rand(&seed);
+        for (size_t i = 0; st == DF_OK && i < nk; i++) v[i] = next_rand(&seed);
+        if (st == DF_OK) st = cg_create(&g);
+        if (st == DF_OK) {
+            struct cg_tensor *tq = cg_input(g, "selftest.q", 3, (int64_t[]){c->b, c->nq, (int64_t)hd});
+            struct cg_tensor *tk = cg_input(g, "selftest.k", 3, (int64_t[]){c->b, c->nk, (int64_t)hd});
+            struct cg_tensor *tv = cg_input(g, "selftest.v", 3, (int64_t[]){c->b, c->nk, (int64_t)hd});
+            struct cg_tensor *ty = cg_attention(g, tq, tk, tv, c->heads, 1.0f / sqrtf((float)c->d), false);
+            cg_output(g, ty);
+            if ((st = cg_status(g)) == DF_OK) st = prog_create(dev, g, &(struct prog_options){0}, &p);
+            if (st == DF_OK) st = buf_fill(prog_arena(p), 0, buf_size(prog_arena(p)) & ~(uint64_t)3, POISON);
+            if (st == DF_OK) st = prog_write(p, tq, q);
+            if (st == DF_OK) st = prog_write(p, tk, k);
+            if (st == DF_OK) st = prog_write(p, tv, v);
+            if (st == DF_OK) st = prog_run(p);
+            if (st == DF_OK) st = prog_read(p, ty, y);
+        }
+        if (st == DF_OK) {
+            attn_reference(c, q, k, v, ref);
+            out->err[ci] = rel_err(y, ref, nq);
+        }
+        prog_destroy(p);
+        cg_destroy(g);
+        free(q); free(k); free(v); free(y); free(ref);
+    }
+    out->passed = st == DF_OK && out->err[0] <= SELFTEST_TOLERANCE && out->err[1] <= SELFTEST_TOLERANCE;
+    return st;
+}
+
+/* ---- the gate --------------------------------------------------------------- */
+
+void selftest_gate(struct device *dev, const char *path, void (*enable)(struct device *, bool), selftest_fn check,
+                   bool *passed) {
     struct selftest_result r = {0};
     enable(dev, true);
-    df_status st = selftest_gemm(dev, &r);
+    df_status st = check(dev, &r);
     *passed = st == DF_OK && r.passed;
     if (*passed) return;
     enable(dev, false);
@@ -150,16 +226,18 @@ void selftest_gate(struct device *dev, const char *path, void (*enable)(struct d
         fprintf(stderr, "diffusiond: %s: %s could not run its start-up self-test (%s): disabled\n",
                 dev->caps.name, path, df_errmsg());
     else
-        fprintf(stderr, "diffusiond: %s: %s failed its start-up self-test (relative error matmul %.2e, "
-                "conv2d %.2e, bound %.0e): disabled\n", dev->caps.name, path, r.matmul_err, r.conv_err,
+        fprintf(stderr, "diffusiond: %s: %s failed its start-up self-test (relative error %s %.2e, "
+                "%s %.2e, bound %.0e): disabled\n", dev->caps.name, path, r.what[0], r.err[0], r.what[1], r.err[1],
                 SELFTEST_TOLERANCE);
 }
 
 static void enable_coop(struct device *dev, bool on) { dev->caps.gemm_coop = on; }
+static void enable_attn_coop(struct device *dev, bool on) { dev->caps.attn_coop = on; }
 
 void selftest_device(struct device *dev) {
-    if (dev->caps.gemm_coop_available && !dev->cfg.no_matrix_units) {
-        bool ok;
-        selftest_gate(dev, "the cooperative-matrix GEMM", enable_coop, &ok);
-    }
+    if (!dev->caps.gemm_coop_available || dev->cfg.no_matrix_units) return;
+    bool ok;
+    selftest_gate(dev, "the cooperative-matrix GEMM", enable_coop, selftest_gemm, &ok);
+    if (dev->caps.subgroup_shuffle)
+        selftest_gate(dev, "the cooperative-matrix attention", enable_attn_coop, selftest_attention, &ok);
 }

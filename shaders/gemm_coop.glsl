@@ -37,25 +37,44 @@ shared float Cs[8u * 256u];
 #define MAT16 fcoopmatNV<16, gl_ScopeSubgroup, 16, 16>
 #define MAT32 fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>
 
-void stage(uint m0, uint n0, uint k0) {
-    uint lid = gl_LocalInvocationIndex;
-    [[unroll]] for (uint p = 0u; p < BM * K4 / WG; p++) {
-        uint e = lid + p * WG, r = e / K4, q = e % K4;
-        vec4 v = load_a4(m0 + r, k0 + 4u * q);
-        uint o = r * SK + 4u * q;
-        As[o] = float16_t(v.x); As[o + 1u] = float16_t(v.y);
-        As[o + 2u] = float16_t(v.z); As[o + 3u] = float16_t(v.w);
+// A K slice is fetched into registers (PA + PB vec4 per invocation) one
+// step ahead: its global loads are in flight while the matrix units work on
+// the slice before it.
+const uint PA = BM * K4 / WG, PB = BN * K4 / WG;
+
+// Which tile row (m or n) and vec4 along k the p-th load of an invocation
+// covers. B k-contiguous (nn.Linear weights): lanes along k; otherwise (the
+// convolution's gathered patches, n-contiguous) lanes along n, so a
+// subgroup reads 32 neighbouring pixels of one input row.
+uvec2 a_slot(uint p) { uint e = gl_LocalInvocationIndex + p * WG; return uvec2(e / K4, e % K4); }
+uvec2 b_slot(uint p) {
+    uint e = gl_LocalInvocationIndex + p * WG;
+    return B_KFAST ? uvec2(e / K4, e % K4) : uvec2(e % BN, e / BN);
+}
+
+void fetch(uint m0, uint n0, uint k0, out vec4 ra[PA], out vec4 rb[PB]) {
+    [[unroll]] for (uint p = 0u; p < PA; p++) {
+        uvec2 s = a_slot(p);
+        ra[p] = load_a4(m0 + s.x, k0 + 4u * s.y);
     }
-    [[unroll]] for (uint p = 0u; p < BN * K4 / WG; p++) {
-        // B k-contiguous (nn.Linear weights): lanes along k; otherwise (the
-        // convolution's gathered patches, n-contiguous) lanes along n, so a
-        // subgroup reads 32 neighbouring pixels of one input row
-        uint e = lid + p * WG;
-        uint r = B_KFAST ? e / K4 : e % BN, q = B_KFAST ? e % K4 : e / BN;
-        vec4 v = load_b4(k0 + 4u * q, n0 + r);
-        uint o = r * SK + 4u * q;
-        Bs[o] = float16_t(v.x); Bs[o + 1u] = float16_t(v.y);
-        Bs[o + 2u] = float16_t(v.z); Bs[o + 3u] = float16_t(v.w);
+    [[unroll]] for (uint p = 0u; p < PB; p++) {
+        uvec2 s = b_slot(p);
+        rb[p] = load_b4(k0 + 4u * s.y, n0 + s.x);
+    }
+}
+
+void put(vec4 ra[PA], vec4 rb[PB]) {
+    [[unroll]] for (uint p = 0u; p < PA; p++) {
+        uvec2 s = a_slot(p);
+        uint o = s.x * SK + 4u * s.y;
+        As[o] = float16_t(ra[p].x); As[o + 1u] = float16_t(ra[p].y);
+        As[o + 2u] = float16_t(ra[p].z); As[o + 3u] = float16_t(ra[p].w);
+    }
+    [[unroll]] for (uint p = 0u; p < PB; p++) {
+        uvec2 s = b_slot(p);
+        uint o = s.x * SK + 4u * s.y;
+        Bs[o] = float16_t(rb[p].x); Bs[o + 1u] = float16_t(rb[p].y);
+        Bs[o + 2u] = float16_t(rb[p].z); Bs[o + 3u] = float16_t(rb[p].w);
     }
 }
 
@@ -67,10 +86,13 @@ void gemm_tile(uint tile) {
     MAT32 acc[SM][SN];
     [[unroll]] for (uint i = 0u; i < SM; i++)
         [[unroll]] for (uint j = 0u; j < SN; j++) acc[i][j] = MAT32(0.0);
+    vec4 ra[PA], rb[PB];
+    fetch(m0, n0, 0u, ra, rb);
     for (uint k0 = 0u; k0 < PC_K; k0 += BK) {
         barrier();  // the previous slice is consumed
-        stage(m0, n0, k0);
+        put(ra, rb);
         barrier();
+        if (k0 + BK < PC_K) fetch(m0, n0, k0 + BK, ra, rb);
         [[unroll]] for (uint kk = 0u; kk < BK; kk += 16u) {
             MAT16 a[SM], b[SN];
             [[unroll]] for (uint i = 0u; i < SM; i++)

@@ -24,3 +24,5 @@ VARIANT_conv2d_cm = shaders/conv2d.comp -DSTORAGE16=1 -DCOOP=1
 # units: tests show the start-up self-test rejects them
 VARIANT_matmul_bad = shaders/matmul.comp -DTEST_BROKEN=1
 VARIANT_matmul_cmbad = shaders/matmul.comp -DSTORAGE16=1 -DCOOP=1 -DTEST_BROKEN=1
+# attention on the matrix units (fp16 operands, fp32 sums; after the self-test)
+VARIANT_attention_cm = shaders/attention.comp -DATTN_COOP=1

@@ -475,10 +475,10 @@ static void gate(struct gemm_tiles t, bool broken, const char *label) {
     kern_gemm_override(&gate_path);
     struct selftest_result r;
     assert_int_equal(selftest_gemm(tu_device(), &r), DF_OK);
-    print_message("  %-32s matmul rel L2 %.2e, conv2d %.2e: %s\n", label, r.matmul_err, r.conv_err,
+    print_message("  %-32s %s rel L2 %.2e, %s %.2e: %s\n", label, r.what[0], r.err[0], r.what[1], r.err[1],
                   r.passed ? "passes" : "rejected");
     bool passed;
-    selftest_gate(tu_device(), label, gate_enable, &passed);
+    selftest_gate(tu_device(), label, gate_enable, selftest_gemm, &passed);
     kern_gemm_override(NULL);
     assert_int_equal(passed, !broken);
     assert_int_equal(r.passed, !broken);
