@@ -53,7 +53,6 @@ struct dev_caps {
      * self-test passed) */
     bool gemm_coop_available;
     bool gemm_coop;
-    bool attn_coop;               /* attention on the matrix units, likewise */
 };
 
 struct dev_config {

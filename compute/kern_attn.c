@@ -84,7 +84,10 @@ static bool plan_wide_sg(const struct dev_caps *caps, int d, struct attn_plan *o
     return true;
 }
 
-/* attn_coop.glsl: NSG subgroups of 16 queries; its shared arrays (K and V
+/* attn_coop.glsl, only when forced (tests): on the H200 (SD1.5 512^2 UNet,
+ * 2026-12-04) it took 32.4 ms against the fp32 tiled loop's 14.9: the
+ * output's round trip through shared memory per 32 keys costs more than
+ * the matrix units save. NSG subgroups of 16 queries; its shared arrays (K and V
  * fp16 rows of DP + 8, per subgroup O fp32, S fp32 and P fp16 rows of 40)
  * must fit, so wide heads get fewer subgroups. */
 static bool plan_coop(const struct dev_caps *caps, int d, bool causal, struct attn_plan *out) {
@@ -117,7 +120,6 @@ static bool plan_path(enum attn_path path, const struct dev_caps *caps, int d, b
 bool kern_attn_plan(const struct dev_caps *caps, int d, bool causal, struct attn_plan *out) {
     if (d < 1 || d > ATTN_MAX_D) return false;
     if (forced != ATTN_AUTO && plan_path(forced, caps, d, causal, out)) return true;
-    if (caps->attn_coop && plan_coop(caps, d, causal, out)) return true;
     /* CPU drivers (lavapipe, N = 2048, CPU seconds): the GEMM-like wide
      * loop beats the subgroup loop from D = 32 on (D 32: 0.10 vs 0.14, D
      * 64: 0.20 vs 0.39) and loses below (D 16: 0.074 vs 0.063); the tiled

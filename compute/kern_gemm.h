@@ -12,8 +12,9 @@ struct dev_caps;
 enum gemm_path {
     GEMM_TILED,    /* shared-memory tiles (gemm_core.glsl): GPUs */
     GEMM_SUBGROUP, /* one subgroup per tile, no shared memory (gemm_sg.glsl): CPU drivers */
-    GEMM_COOP,     /* matrix units, fp16 operands (gemm_coop.glsl): fixed 128x128x32 tiles,
-                      subgroups of 64x32; only after the device's start-up self-test */
+    GEMM_COOP,     /* matrix units, fp16 operands (gemm_coop.glsl): 128x128x32 tiles in
+                      subgroups of 64x32, or 64x64x32 in 32x32; only after the device's
+                      start-up self-test */
 };
 
 struct gemm_tiles {
@@ -37,8 +38,9 @@ void kern_gemm_override(const struct gemm_override *o);
  * GEMM_SUBGROUP tiles have bm == tm, bn == subgroup size * tn. */
 struct gemm_tiles kern_gemm_tiles(const struct dev_caps *caps, long long m, long long n, long long k);
 bool kern_gemm_tiles_valid(const struct dev_caps *caps, const struct gemm_tiles *t);
-/* The GEMM_COOP tile (valid where the device offers the matrix path). */
-struct gemm_tiles kern_gemm_coop_tiles(void);
+/* The GEMM_COOP tiles, big or small (valid where the device offers the
+ * matrix path). */
+struct gemm_tiles kern_gemm_coop_tiles(bool small);
 /* A GEMM_SUBGROUP tile of tm rows and tn columns per lane for this device. */
 struct gemm_tiles kern_gemm_subgroup_tiles(const struct dev_caps *caps, int tm, int tn);
 

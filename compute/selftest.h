@@ -10,10 +10,11 @@
 
 #include "device.h"
 
+#define SELFTEST_CASES 3
 struct selftest_result {
-    double err[2];      /* relative L2 errors of the two cases against the reference */
-    const char *what[2];
-    bool passed;        /* both within SELFTEST_TOLERANCE, no NaN */
+    double err[SELFTEST_CASES];      /* relative L2 errors of the cases against the reference */
+    const char *what[SELFTEST_CASES]; /* NULL past the last case */
+    bool passed;                     /* all within SELFTEST_TOLERANCE, no NaN */
 };
 
 /* fp16 operands, fp32 sums: the project's fp16 bound */
@@ -21,7 +22,9 @@ struct selftest_result {
 
 typedef df_status (*selftest_fn)(struct device *dev, struct selftest_result *out);
 
-/* A matmul and a conv2d through whatever path the GEMM encoders choose now. */
+/* Two matmuls (one big enough for the matrix path's big tiles, checked on
+ * sampled rows) and a conv2d through whatever path the GEMM encoders
+ * choose now. */
 df_status selftest_gemm(struct device *dev, struct selftest_result *out);
 /* A self-attention (head dim 40, padded on the matrix path) and a
  * cross-attention (77 keys, head dim 80) through the attention encoder's

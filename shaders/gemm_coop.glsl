@@ -6,7 +6,11 @@
 //
 // A workgroup of 8 subgroups of 32 lanes computes a 128 x 128 tile of C,
 // stepping through K in slices of 32. Each subgroup owns a 64 x 32 block:
-// 4 x 2 accumulators of 16 x 16 fp32. Shared tiles are k-contiguous fp16
+// 4 x 2 accumulators of 16 x 16 fp32. COOP_SMALL (variants *_cms): 64 x 64
+// tiles, 4 subgroups of 32 x 32 blocks, for grids too small to fill the GPU
+// with big tiles (the UNet's low-resolution layers). PREFETCH: the next K
+// slice is loaded into registers while the current one multiplies (on
+// the H200 it sped the convolution's gathers up and slowed the matmul). Shared tiles are k-contiguous fp16
 // rows (As[m][k], Bs[n][k]; B is loaded column-major), padded to 40 halfs
 // (80 bytes: rows stay 16-byte aligned for the matrix loads and neighbouring
 // rows start in other banks). The epilogue goes through a 16 x 16 fp32
@@ -19,27 +23,35 @@
 #extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
 #extension GL_KHR_shader_subgroup_basic : require
 
-const uint BM = 128u, BN = 128u, BK = 32u;
-const uint SM = 4u, SN = 2u;              // 16 x 16 blocks per subgroup along M, N
-const uint SGN = BN / (16u * SN);         // subgroups along N (4)
-const uint WG = 256u;                     // (BM / 64) * SGN subgroups of 32
+#ifdef COOP_SMALL
+#define WG_SIZE 128
+const uint BM = 64u, BN = 64u;
+const uint SM = 2u, SN = 2u;              // 16 x 16 blocks per subgroup along M, N
+#else
+#define WG_SIZE 256
+const uint BM = 128u, BN = 128u;
+const uint SM = 4u, SN = 2u;
+#endif
+const uint BK = 32u;
+const uint SGN = BN / (16u * SN);         // subgroups along N
+const uint NSG = (BM / (16u * SM)) * SGN; // subgroups of 32
+const uint WG = 32u * NSG;
 const uint K4 = BK / 4u;
 const uint SK = BK + 8u;                  // padded row stride, in halfs
 
-layout(local_size_x = 256) in;
+layout(local_size_x = WG_SIZE) in;
 
 #include "gemm_load.glsl"
 
 shared float16_t As[BM * SK];
 shared float16_t Bs[BN * SK];
-shared float Cs[8u * 256u];
+shared float Cs[NSG * 256u];
 
 #define MAT16 fcoopmatNV<16, gl_ScopeSubgroup, 16, 16>
 #define MAT32 fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>
 
-// A K slice is fetched into registers (PA + PB vec4 per invocation) one
-// step ahead: its global loads are in flight while the matrix units work on
-// the slice before it.
+// A K slice goes through registers (PA + PB vec4 per invocation), fetched
+// one step ahead with PREFETCH.
 const uint PA = BM * K4 / WG, PB = BN * K4 / WG;
 
 // Which tile row (m or n) and vec4 along k the p-th load of an invocation
@@ -87,12 +99,20 @@ void gemm_tile(uint tile) {
     [[unroll]] for (uint i = 0u; i < SM; i++)
         [[unroll]] for (uint j = 0u; j < SN; j++) acc[i][j] = MAT32(0.0);
     vec4 ra[PA], rb[PB];
+#ifdef PREFETCH
     fetch(m0, n0, 0u, ra, rb);
+#endif
     for (uint k0 = 0u; k0 < PC_K; k0 += BK) {
         barrier();  // the previous slice is consumed
+#ifdef PREFETCH
         put(ra, rb);
         barrier();
         if (k0 + BK < PC_K) fetch(m0, n0, k0 + BK, ra, rb);
+#else
+        fetch(m0, n0, k0, ra, rb);
+        put(ra, rb);
+        barrier();
+#endif
         [[unroll]] for (uint kk = 0u; kk < BK; kk += 16u) {
             MAT16 a[SM], b[SN];
             [[unroll]] for (uint i = 0u; i < SM; i++)

@@ -475,8 +475,8 @@ static void gate(struct gemm_tiles t, bool broken, const char *label) {
     kern_gemm_override(&gate_path);
     struct selftest_result r;
     assert_int_equal(selftest_gemm(tu_device(), &r), DF_OK);
-    print_message("  %-32s %s rel L2 %.2e, %s %.2e: %s\n", label, r.what[0], r.err[0], r.what[1], r.err[1],
-                  r.passed ? "passes" : "rejected");
+    print_message("  %-32s %s rel L2 %.2e, %s %.2e, %s %.2e: %s\n", label, r.what[0], r.err[0], r.what[1], r.err[1],
+                  r.what[2], r.err[2], r.passed ? "passes" : "rejected");
     bool passed;
     selftest_gate(tu_device(), label, gate_enable, selftest_gemm, &passed);
     kern_gemm_override(NULL);
@@ -496,8 +496,10 @@ static void test_selftest_gate(void **state) {
         return;
     }
     print_message("  matrix GEMM in use after start-up: %s\n", caps->gemm_coop ? "yes" : "no (self-test failed)");
-    gate(kern_gemm_coop_tiles(), false, "matrix GEMM");
-    gate(kern_gemm_coop_tiles(), true, "matrix GEMM, deliberately broken");
+    gate(kern_gemm_coop_tiles(false), false, "matrix GEMM");
+    gate(kern_gemm_coop_tiles(false), true, "matrix GEMM, deliberately broken");
+    gate(kern_gemm_coop_tiles(true), false, "matrix GEMM, small tiles");
+    gate(kern_gemm_coop_tiles(true), true, "matrix GEMM, small, broken");
 }
 
 static int teardown(void **state) {

@@ -212,11 +212,10 @@ int bench_main(int argc, char **argv) {
     }
     const struct dev_caps *c = dev_caps(dev);
     printf("device: %s (%s)\n  fp16 storage %d, shaderFloat16 %d, subgroup %u (%u..%u, control %d), "
-           "shared memory %u, coopmat NV %d (KHR ext %d, NV2 ext %d), matrix GEMM %s, matrix attention %s\n",
+           "shared memory %u, coopmat NV %d (KHR ext %d, NV2 ext %d), matrix GEMM %s\n",
            c->name, c->driver, c->storage_16bit, c->shader_float16, c->subgroup_size, c->min_subgroup_size,
            c->max_subgroup_size, c->subgroup_size_control, c->max_shared_memory, c->coopmat_nv, c->coopmat_khr_ext,
-           c->coopmat2_nv_ext, c->gemm_coop ? "in use" : c->gemm_coop_available ? "off" : "not offered",
-           c->attn_coop ? "in use" : c->gemm_coop_available ? "off" : "not offered");
+           c->coopmat2_nv_ext, c->gemm_coop ? "in use" : c->gemm_coop_available ? "off" : "not offered");
     for (int i = 0; i < c->ncoopmat; i++)
         printf("  coopmat %ux%ux%u A%u B%u C%u D%u\n", c->coopmat[i].m, c->coopmat[i].n, c->coopmat[i].k,
                c->coopmat[i].a, c->coopmat[i].b, c->coopmat[i].c, c->coopmat[i].d);
