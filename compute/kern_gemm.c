@@ -37,8 +37,8 @@ bool kern_gemm_tiles_valid(const struct dev_caps *caps, const struct gemm_tiles 
     }
     if (t->path == GEMM_COOP) {
         struct gemm_tiles c = kern_gemm_coop_tiles(t->bm != 128);
-        return caps->gemm_coop_available && t->bm == c.bm && t->bn == c.bn && t->bk == c.bk && t->tm == c.tm &&
-               t->tn == c.tn;
+        return caps->gemm_coop_available && t->bm == c.bm && t->bn == c.bn && (t->bk == 32 || t->bk == 64) &&
+               t->tm == c.tm && t->tn == c.tn;
     }
     if (t->path != GEMM_TILED) return false;
     if (t->bm % t->tm || t->bn % t->tn || t->bk % 4) return false;
@@ -92,9 +92,12 @@ struct gemm_tiles kern_gemm_tiles(const struct dev_caps *caps, long long m, long
 #define COOP_MIN_GROUPS 256
 static df_status pick(const struct enc *e, const char *what, int64_t m, int64_t n, int64_t k, int64_t batch,
                       bool w16, struct gemm_tiles *t) {
-    if (!override.tiles.bm && w16 && enc_caps(e)->gemm_coop)
+    if (!override.tiles.bm && w16 && enc_caps(e)->gemm_coop) {
         *t = kern_gemm_coop_tiles((m + 127) / 128 * ((n + 127) / 128) * batch < COOP_MIN_GROUPS);
-    else *t = kern_gemm_tiles(enc_caps(e), m, n, k);
+        if (override.coop_bk == 64) t->bk = 64;
+    } else {
+        *t = kern_gemm_tiles(enc_caps(e), m, n, k);
+    }
     if (!kern_gemm_tiles_valid(enc_caps(e), t))
         return df_error(DF_EINVAL, "%s: %s tiles %dx%dx%d / %dx%d invalid on this device", what,
                         t->path == GEMM_SUBGROUP ? "subgroup" : t->path == GEMM_COOP ? "matrix" : "tiled", t->bm, t->bn, t->bk, t->tm, t->tn);
@@ -106,14 +109,16 @@ static df_status pick(const struct enc *e, const char *what, int64_t m, int64_t 
  * "<op>_s16" for tiles over fp16 data when 16-bit storage is there,
  * "<op>_cm" / "<op>_cms" on the matrix units (big / small tiles);
  * names[4], [5], [7]: the deliberately broken tiled, matrix and small
- * matrix variants (override.broken; NULL: none). */
-enum { V_PLAIN, V_SG, V_S16, V_CM, V_BAD, V_CMBAD, V_CMS, V_CMSBAD, V_COUNT };
+ * matrix variants (override.broken; NULL: none); "<op>_cm64" / "_cms64":
+ * K slices of 64. */
+enum { V_PLAIN, V_SG, V_S16, V_CM, V_BAD, V_CMBAD, V_CMS, V_CMSBAD, V_CM64, V_CMS64, V_COUNT };
 static const char *variant(const struct enc *e, const struct gemm_tiles *t, bool f16,
                            const char *const names[V_COUNT]) {
     bool small = t->bm != 128;
     if (override.broken && names[V_BAD])
         return t->path != GEMM_COOP ? names[V_BAD] : small ? names[V_CMSBAD] : names[V_CMBAD];
     if (t->path == GEMM_SUBGROUP) return names[V_SG];
+    if (t->path == GEMM_COOP && t->bk == 64) return small ? names[V_CMS64] : names[V_CM64];
     if (t->path == GEMM_COOP) return small ? names[V_CMS] : names[V_CM];
     bool s16 = enc_caps(e)->storage_16bit && (override.storage16 < 0 || override.storage16);
     return f16 && s16 ? names[2] : names[0];
@@ -191,7 +196,8 @@ df_status kern_matmul(struct enc *e, const struct cg_op *op) {
                          (uint32_t)t.tn, op->p.matmul.trans_b, w->dtype == DT_F16, spec_bias(bias),
                          vec_ok(e, a, k), op->p.matmul.trans_b && vec_ok(e, w, k)};
     static const char *const names[V_COUNT] = {"matmul", "matmul_sg", "matmul_s16", "matmul_cm", "matmul_bad",
-                                               "matmul_cmbad", "matmul_cms", "matmul_cmsbad"};
+                                               "matmul_cmbad", "matmul_cms", "matmul_cmsbad", "matmul_cm64",
+                                               "matmul_cms64"};
     const char *shader = variant(e, &t, f16, names);
     return dispatch_batched(e, shader, spec, 11, &pc, sizeof pc, &pc.z0, tiles, batch);
 }
@@ -232,7 +238,7 @@ df_status kern_conv2d(struct enc *e, const struct cg_op *op) {
                          (uint32_t)t.tn, (uint32_t)kh, (uint32_t)kw, (uint32_t)op->p.conv.stride_y,
                          w->dtype == DT_F16, spec_bias(bias), vec_ok(e, w, k)};
     static const char *const names[V_COUNT] = {"conv2d", "conv2d_sg", "conv2d_s16", "conv2d_cm", NULL, NULL,
-                                               "conv2d_cms", NULL};
+                                               "conv2d_cms", NULL, "conv2d_cm64", "conv2d_cms64"};
     const char *shader = variant(e, &t, f16, names);
     return dispatch_batched(e, shader, spec, 12, &pc, sizeof pc, &pc.z0, tiles, images);
 }

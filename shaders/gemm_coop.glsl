@@ -32,7 +32,11 @@ const uint SM = 2u, SN = 2u;              // 16 x 16 blocks per subgroup along M
 const uint BM = 128u, BN = 128u;
 const uint SM = 4u, SN = 2u;
 #endif
+#ifdef COOP_BK64
+const uint BK = 64u;                      // variants *64: K slices of 64 (half the barriers)
+#else
 const uint BK = 32u;
+#endif
 const uint SGN = BN / (16u * SN);         // subgroups along N
 const uint NSG = (BM / (16u * SM)) * SGN; // subgroups of 32
 const uint WG = 32u * NSG;

@@ -23,6 +23,11 @@ VARIANT_matmul_cm = shaders/matmul.comp -DSTORAGE16=1 -DCOOP=1
 VARIANT_conv2d_cm = shaders/conv2d.comp -DSTORAGE16=1 -DCOOP=1 -DPREFETCH=1
 VARIANT_matmul_cms = shaders/matmul.comp -DSTORAGE16=1 -DCOOP=1 -DCOOP_SMALL=1
 VARIANT_conv2d_cms = shaders/conv2d.comp -DSTORAGE16=1 -DCOOP=1 -DPREFETCH=1 -DCOOP_SMALL=1
+# K slices of 64 instead of 32: measured with `bench --matrix-bk 64`, not chosen on their own
+VARIANT_matmul_cm64 = shaders/matmul.comp -DSTORAGE16=1 -DCOOP=1 -DCOOP_BK64=1
+VARIANT_conv2d_cm64 = shaders/conv2d.comp -DSTORAGE16=1 -DCOOP=1 -DPREFETCH=1 -DCOOP_BK64=1
+VARIANT_matmul_cms64 = shaders/matmul.comp -DSTORAGE16=1 -DCOOP=1 -DCOOP_SMALL=1 -DCOOP_BK64=1
+VARIANT_conv2d_cms64 = shaders/conv2d.comp -DSTORAGE16=1 -DCOOP=1 -DPREFETCH=1 -DCOOP_SMALL=1 -DCOOP_BK64=1
 # deliberately wrong (A's last columns dropped), tiled and on the matrix
 # units: tests show the start-up self-test rejects them
 VARIANT_matmul_bad = shaders/matmul.comp -DTEST_BROKEN=1

@@ -500,6 +500,11 @@ static void test_selftest_gate(void **state) {
     gate(kern_gemm_coop_tiles(false), true, "matrix GEMM, deliberately broken");
     gate(kern_gemm_coop_tiles(true), false, "matrix GEMM, small tiles");
     gate(kern_gemm_coop_tiles(true), true, "matrix GEMM, small, broken");
+    /* K slices of 64 (bench --matrix-bk 64) */
+    struct gemm_tiles big64 = kern_gemm_coop_tiles(false), small64 = kern_gemm_coop_tiles(true);
+    big64.bk = small64.bk = 64;
+    gate(big64, false, "matrix GEMM, K slices of 64");
+    gate(small64, false, "matrix GEMM, small, K 64");
 }
 
 static int teardown(void **state) {

@@ -13,6 +13,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "compute/kern_gemm.h"
 #include "compute/program.h"
 #include "models/model.h"
 #include "../common/clock.h"
@@ -175,7 +176,7 @@ static df_status bench_size(struct device *dev, struct model *m, int size) {
 int bench_main(int argc, char **argv) {
     struct model_options mo = {.precision = WTS_F16, .log = log_line};
     struct dev_config dc = {.index = -1};
-    int sizes[MAX_SIZES], nsizes = 0;
+    int sizes[MAX_SIZES], nsizes = 0, matrix_bk = 32;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) mo.path = argv[++i];
         else if (!strcmp(argv[i], "--unet") && i + 1 < argc) mo.unet = argv[++i];
@@ -184,12 +185,13 @@ int bench_main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--size") && i + 1 < argc && nsizes < MAX_SIZES) sizes[nsizes++] = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--fp32")) mo.precision = WTS_F32;
         else if (!strcmp(argv[i], "--no-matrix")) dc.no_matrix_units = true;
+        else if (!strcmp(argv[i], "--matrix-bk") && i + 1 < argc) matrix_bk = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]) > 0 ? atoi(argv[i]) : 1;
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) dc.name_contains = argv[++i];
         else {
             fprintf(stderr, "usage: diffusiond bench --model PATH | --unet F --vae F --text-encoder F\n"
                             "                       [--size N]... [--fp32] [--device NAME] [--runs N]\n"
-                            "                       [--no-matrix]\n");
+                            "                       [--no-matrix] [--matrix-bk 32|64]\n");
             return 2;
         }
     }
@@ -198,6 +200,12 @@ int bench_main(int argc, char **argv) {
         return 2;
     }
     if (!nsizes) sizes[nsizes++] = 128;
+    /* the matrix GEMM's K slice, for A/B runs (the encoders' own choice is 32) */
+    if (matrix_bk != 32 && matrix_bk != 64) {
+        fprintf(stderr, "bench: --matrix-bk takes 32 or 64\n");
+        return 2;
+    }
+    if (matrix_bk == 64) kern_gemm_override(&(struct gemm_override){.storage16 = -1, .coop_bk = 64});
     struct device *dev;
     if (dev_create(&dc, &dev) != DF_OK) {
         fprintf(stderr, "bench: %s\n", df_errmsg());
@@ -233,5 +241,6 @@ int bench_main(int argc, char **argv) {
     }
     model_destroy(m);
     dev_destroy(dev);
+    kern_gemm_override(NULL);
     return rc;
 }
