@@ -27,7 +27,8 @@ struct gemm_override {
     struct gemm_tiles tiles; /* bm == 0: automatic */
     int storage16;           /* tiled fp16 reads: -1 automatic, 0 packed words, 1 16-bit storage */
     bool broken;             /* matmul through its deliberately wrong variant (self-test tests) */
-    int coop_bk;             /* matrix path K slice: 0 automatic (32), 64 (benchmark A/B) */
+    int coop_bk;             /* matrix path K slice: 0 automatic (matmul 64, conv2d 32), or 32 / 64
+                                for both (benchmark A/B) */
 };
 
 /* Applies to every later kern_matmul / kern_conv2d call in the process;

@@ -23,7 +23,8 @@ VARIANT_matmul_cm = shaders/matmul.comp -DSTORAGE16=1 -DCOOP=1
 VARIANT_conv2d_cm = shaders/conv2d.comp -DSTORAGE16=1 -DCOOP=1 -DPREFETCH=1
 VARIANT_matmul_cms = shaders/matmul.comp -DSTORAGE16=1 -DCOOP=1 -DCOOP_SMALL=1
 VARIANT_conv2d_cms = shaders/conv2d.comp -DSTORAGE16=1 -DCOOP=1 -DPREFETCH=1 -DCOOP_SMALL=1
-# K slices of 64 instead of 32: measured with `bench --matrix-bk 64`, not chosen on their own
+# K slices of 64 instead of 32: the matmuls' choice (faster there on the H200,
+# slower for the convolutions); `bench --matrix-bk 32|64` forces one for all
 VARIANT_matmul_cm64 = shaders/matmul.comp -DSTORAGE16=1 -DCOOP=1 -DCOOP_BK64=1
 VARIANT_conv2d_cm64 = shaders/conv2d.comp -DSTORAGE16=1 -DCOOP=1 -DPREFETCH=1 -DCOOP_BK64=1
 VARIANT_matmul_cms64 = shaders/matmul.comp -DSTORAGE16=1 -DCOOP=1 -DCOOP_SMALL=1 -DCOOP_BK64=1

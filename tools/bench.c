@@ -176,7 +176,7 @@ static df_status bench_size(struct device *dev, struct model *m, int size) {
 int bench_main(int argc, char **argv) {
     struct model_options mo = {.precision = WTS_F16, .log = log_line};
     struct dev_config dc = {.index = -1};
-    int sizes[MAX_SIZES], nsizes = 0, matrix_bk = 32;
+    int sizes[MAX_SIZES], nsizes = 0, matrix_bk = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) mo.path = argv[++i];
         else if (!strcmp(argv[i], "--unet") && i + 1 < argc) mo.unet = argv[++i];
@@ -185,7 +185,10 @@ int bench_main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--size") && i + 1 < argc && nsizes < MAX_SIZES) sizes[nsizes++] = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--fp32")) mo.precision = WTS_F32;
         else if (!strcmp(argv[i], "--no-matrix")) dc.no_matrix_units = true;
-        else if (!strcmp(argv[i], "--matrix-bk") && i + 1 < argc) matrix_bk = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--matrix-bk") && i + 1 < argc) {
+            i++;
+            matrix_bk = !strcmp(argv[i], "32") ? 32 : !strcmp(argv[i], "64") ? 64 : -1;
+        }
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]) > 0 ? atoi(argv[i]) : 1;
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) dc.name_contains = argv[++i];
         else {
@@ -200,12 +203,13 @@ int bench_main(int argc, char **argv) {
         return 2;
     }
     if (!nsizes) sizes[nsizes++] = 128;
-    /* the matrix GEMM's K slice, for A/B runs (the encoders' own choice is 32) */
-    if (matrix_bk != 32 && matrix_bk != 64) {
+    /* the matrix GEMM's K slice for every GEMM, for A/B runs (the encoders'
+     * own choice: 64 for matmuls, 32 for convolutions) */
+    if (matrix_bk < 0) {
         fprintf(stderr, "bench: --matrix-bk takes 32 or 64\n");
         return 2;
     }
-    if (matrix_bk == 64) kern_gemm_override(&(struct gemm_override){.storage16 = -1, .coop_bk = 64});
+    if (matrix_bk) kern_gemm_override(&(struct gemm_override){.storage16 = -1, .coop_bk = matrix_bk});
     struct device *dev;
     if (dev_create(&dc, &dev) != DF_OK) {
         fprintf(stderr, "bench: %s\n", df_errmsg());
