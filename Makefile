@@ -90,9 +90,13 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 $(BUILD)/diffusiond: $(BUILD)/obj/tools/main.o $(LIB_OBJ)
 	$(CC) $(WFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
+# Test binaries only: tests/holdutil.c wraps pipe_generate so a test can
+# hold a job still at a step boundary (the daemon has no such hook).
+TEST_LDFLAGS := -Wl,--wrap=pipe_generate
+
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(UTIL_OBJ) $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(WFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS) -lcmocka
+	$(CC) $(WFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(TEST_LDFLAGS) $(LDLIBS) -lcmocka
 
 # --- test -------------------------------------------------------------------
 # Tests run on the real Vulkan device with the Khronos validation layer on
@@ -103,9 +107,27 @@ TEST_ENV = DF_TEST_FIXTURES=$(abspath $(FIXTURES)) DF_TEST_TINY_MODEL=$(abspath 
 PYTHON     ?= /usr/bin/python3
 TINY_MODEL ?= build/tiny-model
 .PHONY: tiny-model run demo load
-tiny-model: $(TINY_MODEL)/tiny-sd15.safetensors
+FIXTURES ?= ../shared/fixtures
+tiny-model: $(TINY_MODEL)/tiny-sd15.safetensors $(TINY_MODEL)/sdxl-conditioner-tiny.safetensors \
+            $(TINY_MODEL)/tiny-sdxl.safetensors $(TINY_MODEL)/tiny-sd2.safetensors
 $(TINY_MODEL)/tiny-sd15.safetensors: tests/make_tiny_model.py
 	$(PYTHON) tests/make_tiny_model.py --out $(TINY_MODEL)
+# The fixtures' CLIP-L and CLIP-G as SDXL's single file stores them (tests/test_clip.c)
+$(TINY_MODEL)/sdxl-conditioner-tiny.safetensors: tools/clip_to_openclip.py $(FIXTURES)/clip_l_tiny.safetensors $(FIXTURES)/clip_g_tiny.safetensors
+	@mkdir -p $(dir $@)
+	$(PYTHON) tools/clip_to_openclip.py --out $@ \
+	    --transformers conditioner.embedders.0.transformer.=$(FIXTURES)/clip_l_tiny.safetensors \
+	    --openclip conditioner.embedders.1.model.=$(FIXTURES)/clip_g_tiny.safetensors
+
+# The oracle's tiny SDXL as a diffusers folder and an original single file (tests/test_sdxl.c)
+$(TINY_MODEL)/tiny-sdxl.safetensors: tests/make_tiny_sdxl.py tests/make_tiny_model.py tools/clip_to_openclip.py
+	@mkdir -p $(dir $@)
+	$(PYTHON) tests/make_tiny_sdxl.py --fixtures $(FIXTURES) --out $(TINY_MODEL)
+
+# SD2.x from the oracle's tiny SD1.x parts, as a single file and a diffusers folder (tests/test_sd2.c)
+$(TINY_MODEL)/tiny-sd2.safetensors: tests/make_tiny_sd2.py tests/make_tiny_model.py tools/clip_to_openclip.py
+	@mkdir -p $(dir $@)
+	$(PYTHON) tests/make_tiny_sd2.py --fixtures $(FIXTURES) --out $(TINY_MODEL)
 
 # The daemon on 127.0.0.1:7860 with MODEL, or the tiny model.
 run: $(BUILD)/diffusiond tiny-model
@@ -123,7 +145,6 @@ $(BUILD)/load: tests/load.c
 load: $(BUILD)/diffusiond $(BUILD)/load tiny-model
 	BIN=$(BUILD)/diffusiond LOAD=$(BUILD)/load MODEL=$(TINY_MODEL)/tiny-sd15.safetensors ./deploy/load.sh
 
-FIXTURES ?= ../shared/fixtures
 test: $(TESTS) $(BUILD)/diffusiond tiny-model
 	@set -e; for t in $(TESTS); do echo "== $$t"; $(TEST_ENV) $(TEST_RUN) $$t; done
 	@echo "== check-fixtures $(FIXTURES) (fp32, then fp16 weights)"
@@ -151,7 +172,7 @@ fuzz: $(GEN_SRC)
 	$(MAKE) -f tests/fuzz.mk BUILD=build/fuzz
 
 $(BUILD)/bench_kernels: $(BUILD)/obj/tests/bench_kernels.o $(UTIL_OBJ) $(LIB_OBJ)
-	$(CC) $(WFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS) -lcmocka
+	$(CC) $(WFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(TEST_LDFLAGS) $(LDLIBS) -lcmocka
 
 # A full-size SD1.5 checkpoint with random weights (real ones cannot be
 # downloaded here), written once by the shared tool.
@@ -159,9 +180,15 @@ BENCH_MODEL ?= build/sd15-random.safetensors
 $(BENCH_MODEL):
 	$(PYTHON) ../shared/tools/make_sd15_random.py $@
 
-bench: $(BUILD)/bench_kernels $(BUILD)/diffusiond $(BENCH_MODEL)
+# A full-size SDXL base checkpoint with random weights (6.9 GB), likewise.
+BENCH_SDXL ?= build/sdxl-random.safetensors
+$(BENCH_SDXL):
+	$(PYTHON) tools/make_sdxl_random.py $@
+
+bench: $(BUILD)/bench_kernels $(BUILD)/diffusiond $(BENCH_MODEL) $(BENCH_SDXL)
 	XDG_RUNTIME_DIR=/tmp $(BUILD)/bench_kernels
 	XDG_RUNTIME_DIR=/tmp $(BUILD)/diffusiond bench --model $(BENCH_MODEL) --size 128 --size 256
+	XDG_RUNTIME_DIR=/tmp $(BUILD)/diffusiond bench --model $(BENCH_SDXL) --size 512 --decode-size 1024
 
 # The device benchmark for a GPU machine without our libraries or a package
 # registry (deploy/device-bundle.sh, deploy/device/run); `run --quick` is

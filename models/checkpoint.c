@@ -58,18 +58,3 @@ const char *ckpt_family_name(enum ckpt_family f) {
     }
     return "unrecognised weight file";
 }
-
-df_status ckpt_supported(const struct ckpt_kind *kind, const char *path) {
-    switch (kind->family) {
-    case CKPT_SD2:
-    case CKPT_SDXL:
-    case CKPT_SD3:
-    case CKPT_FLUX:
-        return df_error(DF_EUNSUPPORTED, "%s: recognised as %s (key \"%s\"); only SD1.x models are supported so far",
-                        path, ckpt_family_name(kind->family), kind->evidence);
-    case CKPT_UNKNOWN:
-        return df_error(DF_EUNSUPPORTED, "%s: not a Stable Diffusion checkpoint or component (no known keys)", path);
-    default:
-        return DF_OK;
-    }
-}

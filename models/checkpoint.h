@@ -1,6 +1,5 @@
-/* checkpoint: what a weight file is, and loading a whole Stable Diffusion
- * model from a single-file checkpoint, a diffusers folder or separate
- * component files. */
+/* checkpoint: what a weight file is, by its characteristic keys (model.c
+ * then asks the families which of them loads it). */
 #ifndef DF_CHECKPOINT_H
 #define DF_CHECKPOINT_H
 
@@ -31,8 +30,5 @@ struct ckpt_kind {
 /* Classifies a file by its keys. Never fails: unknown files are CKPT_UNKNOWN. */
 void ckpt_identify(const struct st_file *f, struct ckpt_kind *kind);
 const char *ckpt_family_name(enum ckpt_family f);
-/* DF_OK when diffusiond can load this family now; otherwise DF_EUNSUPPORTED
- * with a message naming what was recognised and why it is refused. */
-df_status ckpt_supported(const struct ckpt_kind *kind, const char *path);
 
 #endif

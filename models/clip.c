@@ -36,7 +36,142 @@ df_status clip_config_from_json(const json_t *j, struct clip_config *c) {
     return DF_OK;
 }
 
-df_status clip_infer_config(const struct weights *w, struct clip_config *cfg) {
+/* OpenCLIP text-tower names, relative to the tower's prefix, and the
+ * transformers names they become. */
+static const struct {
+    const char *from, *to;
+} openclip_names[] = {
+    {"token_embedding.", "text_model.embeddings.token_embedding."},
+    {"positional_embedding", "text_model.embeddings.position_embedding.weight"},
+    {"ln_final.", "text_model.final_layer_norm."},
+    /* [D, P], transposed by openclip_derive; a "text_projection.weight"
+     * (a Linear's [P, D], as some converters write it) keeps name and layout */
+    {"text_projection", "text_projection"},
+    /* CLIP-training buffers, not weights of the text tower */
+    {"logit_scale", "logit_scale"},
+    {"attn_mask", "attn_mask"},
+};
+#define OPENCLIP_LAYERS "transformer.resblocks."
+
+/* transformer.resblocks.N.* -> text_model.encoder.layers.N.* */
+static const struct wts_rename openclip_layer_tail[] = {
+    {"ln_1.", "layer_norm1.", NULL},
+    {"ln_2.", "layer_norm2.", NULL},
+    {"attn.in_proj_weight", "self_attn.in_proj.weight", NULL},
+    {"attn.in_proj_bias", "self_attn.in_proj.bias", NULL},
+    {"attn.out_proj.", "self_attn.out_proj.", NULL},
+    {"mlp.c_fc.", "mlp.fc1.", NULL},
+    {"mlp.c_proj.", "mlp.fc2.", NULL},
+    {NULL, NULL, NULL},
+};
+
+/* nn.MultiheadAttention packs [q; k; v] along the output rows; OpenCLIP
+ * multiplies by text_projection ([D, P]) where a Linear stores [P, D]. */
+static const struct wts_derive openclip_derive[] = {
+    {".self_attn.in_proj.weight", ".self_attn.q_proj.weight", WTS_ROWS, 0, 3},
+    {".self_attn.in_proj.weight", ".self_attn.k_proj.weight", WTS_ROWS, 1, 3},
+    {".self_attn.in_proj.weight", ".self_attn.v_proj.weight", WTS_ROWS, 2, 3},
+    {".self_attn.in_proj.bias", ".self_attn.q_proj.bias", WTS_ROWS, 0, 3},
+    {".self_attn.in_proj.bias", ".self_attn.k_proj.bias", WTS_ROWS, 1, 3},
+    {".self_attn.in_proj.bias", ".self_attn.v_proj.bias", WTS_ROWS, 2, 3},
+    {"text_projection", "text_projection.weight", WTS_TRANSPOSE, 0, 0},
+};
+
+#define N_OPENCLIP_NAMES ((int)(sizeof openclip_names / sizeof openclip_names[0]))
+#define N_OPENCLIP_DERIVE ((int)(sizeof openclip_derive / sizeof openclip_derive[0]))
+#define NAME_LEN 96 /* longest relative name above, with a layer number */
+
+static bool has_prefixed(const struct st_file *f, const char *prefix, const char *name) {
+    char key[512];
+    snprintf(key, sizeof key, "%s%s", prefix, name);
+    return st_find(f, key) != NULL;
+}
+
+df_status clip_detect_layout(const struct st_file *f, const char *prefix, enum clip_layout *out) {
+    if (!prefix) prefix = "";
+    if (has_prefixed(f, prefix, "token_embedding.weight")) *out = CLIP_LAYOUT_OPENCLIP;
+    else if (has_prefixed(f, prefix, "text_model.embeddings.token_embedding.weight") ||
+             has_prefixed(f, prefix, "embeddings.token_embedding.weight"))
+        *out = CLIP_LAYOUT_TRANSFORMERS;
+    else
+        return df_error(DF_EFORMAT, "no CLIP text tower under \"%s\": neither \"%stoken_embedding.weight\" "
+                        "(OpenCLIP) nor \"%stext_model.embeddings.token_embedding.weight\" (transformers)",
+                        prefix, prefix, prefix);
+    return DF_OK;
+}
+
+/* The OpenCLIP rename table for the tower under `prefix`: one allocation
+ * (entries, then their strings) the caller frees. */
+static df_status openclip_renames(const struct st_file *f, const char *prefix, struct wts_rename **table, int *n) {
+    size_t plen = strlen(prefix), llen = strlen(OPENCLIP_LAYERS);
+    int layers = 0;
+    for (size_t i = 0; i < st_count(f); i++) {
+        const char *name = st_at(f, i)->name;
+        if (strncmp(name, prefix, plen) != 0 || strncmp(name + plen, OPENCLIP_LAYERS, llen) != 0) continue;
+        char *end;
+        long k = strtol(name + plen + llen, &end, 10);
+        if (end == name + plen + llen || *end != '.' || k < 0 || k >= CLIP_MAX_LAYERS)
+            return df_error(DF_EFORMAT, "tensor \"%s\": layer number not in 0..%d", name, CLIP_MAX_LAYERS - 1);
+        if (k + 1 > layers) layers = (int)k + 1;
+    }
+    int cap = N_OPENCLIP_NAMES + layers;
+    size_t bytes = (size_t)cap * (sizeof **table + plen + 2 * NAME_LEN);
+    struct wts_rename *t = malloc(bytes);
+    if (!t) return df_error(DF_ENOMEM, "out of memory");
+    char *s = (char *)(t + cap), *end = (char *)t + bytes;
+    for (int i = 0; i < cap; i++) {
+        char from[NAME_LEN], to[NAME_LEN];
+        if (i < N_OPENCLIP_NAMES) {
+            snprintf(from, sizeof from, "%s", openclip_names[i].from);
+            snprintf(to, sizeof to, "%s", openclip_names[i].to);
+        } else {
+            snprintf(from, sizeof from, OPENCLIP_LAYERS "%d.", i - N_OPENCLIP_NAMES);
+            snprintf(to, sizeof to, "text_model.encoder.layers.%d.", i - N_OPENCLIP_NAMES);
+        }
+        t[i].from = s;
+        s += snprintf(s, (size_t)(end - s), "%s%s", prefix, from) + 1;
+        t[i].to = s;
+        s += snprintf(s, (size_t)(end - s), "%s", to) + 1;
+        t[i].tail = i < N_OPENCLIP_NAMES ? NULL : openclip_layer_tail;
+    }
+    *table = t;
+    *n = cap;
+    return DF_OK;
+}
+
+static df_status load_transformers(struct weights *w, const struct st_file *f, const char *prefix) {
+    char from[2][512];
+    snprintf(from[0], sizeof from[0], "%stext_model.", prefix);
+    snprintf(from[1], sizeof from[1], "%stext_projection.", prefix);
+    const struct wts_rename r[] = {
+        {from[0], "text_model.", NULL},
+        {from[1], "text_projection.", NULL},
+        {prefix, "text_model.", NULL}, /* early SD1.x files lack the text_model level */
+    };
+    bool level = false;
+    for (size_t i = 0; i < st_count(f) && !level; i++)
+        level = strncmp(st_at(f, i)->name, from[0], strlen(from[0])) == 0;
+    if (!level) return wts_load(w, f, prefix, r, 3);
+    df_status st = wts_load(w, f, from[0], r, 2);
+    return st != DF_OK ? st : wts_load(w, f, from[1], r, 2);
+}
+
+df_status clip_load_weights(struct weights *w, const struct st_file *f, const char *prefix, enum clip_layout layout) {
+    if (!prefix) prefix = "";
+    if (layout == CLIP_LAYOUT_TRANSFORMERS) return load_transformers(w, f, prefix);
+    struct wts_rename *r = NULL;
+    int n = 0;
+    df_status st = openclip_renames(f, prefix, &r, &n);
+    if (st != DF_OK) return st;
+    st = wts_load_derived(w, f, prefix, r, n, openclip_derive, N_OPENCLIP_DERIVE);
+    free(r);
+    wts_ignore(w, "logit_scale");
+    wts_ignore(w, "attn_mask");
+    return st;
+}
+
+df_status clip_config_from_weights(const struct weights *w, enum clip_layout layout, int heads,
+                                   struct clip_config *cfg) {
     int nd;
     int64_t ne[CG_MAX_DIMS];
     memset(cfg, 0, sizeof *cfg);
@@ -55,16 +190,19 @@ df_status clip_infer_config(const struct weights *w, struct clip_config *cfg) {
         snprintf(name, sizeof name, "text_model.encoder.layers.%d.mlp.fc1.weight", cfg->num_hidden_layers);
         if (!wts_has(w, name, NULL, NULL)) break;
     }
-    cfg->num_attention_heads = cfg->hidden_size >= 64 ? cfg->hidden_size / 64 : 1;
-    /* OpenCLIP-G (SDXL's second encoder) is the one released CLIP with an
-     * erf GELU; it is also the only 1280-wide one */
-    cfg->hidden_act = cfg->hidden_size == 1280 ? CLIP_GELU : CLIP_QUICK_GELU;
+    cfg->num_attention_heads = heads > 0 ? heads : cfg->hidden_size >= 64 ? cfg->hidden_size / 64 : 1;
+    if (layout == CLIP_LAYOUT_OPENCLIP) cfg->hidden_act = CLIP_GELU;
+    else cfg->hidden_act = cfg->hidden_size == 1280 ? CLIP_GELU : CLIP_QUICK_GELU;
     cfg->layer_norm_eps = 1e-5f;
     if (wts_has(w, "text_projection.weight", &nd, ne) && nd == 2) {
         cfg->has_projection = true;
         cfg->projection_dim = (int)ne[0];
     }
     return DF_OK;
+}
+
+df_status clip_infer_config(const struct weights *w, struct clip_config *cfg) {
+    return clip_config_from_weights(w, CLIP_LAYOUT_TRANSFORMERS, 0, cfg);
 }
 
 #define TRY(x) do { df_status st_ = (x); if (st_ != DF_OK) return st_; } while (0)

@@ -49,8 +49,37 @@ struct clip_model {
     struct wt text_projection;
 };
 
-/* Config from the weights' shapes (heads = hidden/64, the width of every
- * released CLIP head), for checkpoints that come without a config. */
+/* How a checkpoint stores a CLIP text tower under its key prefix. */
+enum clip_layout {
+    /* transformers' names: text_model.*, text_projection.weight (SD1.x,
+     * SDXL's CLIP-L "conditioner.embedders.0.transformer.", diffusers) */
+    CLIP_LAYOUT_TRANSFORMERS,
+    /* OpenCLIP's: token_embedding, positional_embedding,
+     * transformer.resblocks.N.{ln_1, attn.in_proj_* (packed q, k, v),
+     * attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj}, ln_final, text_projection
+     * ([D, P], the transpose of a Linear weight) (SD2.x
+     * "cond_stage_model.model.", SDXL's bigG "conditioner.embedders.1.model.") */
+    CLIP_LAYOUT_OPENCLIP,
+};
+
+/* Which layout the tower under `prefix` of f has (by its token embedding);
+ * DF_EFORMAT naming the keys looked for when neither. */
+df_status clip_detect_layout(const struct st_file *f, const char *prefix, enum clip_layout *out);
+/* Uploads the tower under `prefix` of f ("" for a bare text-encoder file)
+ * into w under transformers' names, what clip_load takes: OpenCLIP's packed
+ * q/k/v are split and text_projection transposed once, here; its
+ * logit_scale / attn_mask buffers are loaded as ignored. Transformers
+ * layout without the "text_model." level (early SD1.x files) is accepted. */
+df_status clip_load_weights(struct weights *w, const struct st_file *f, const char *prefix, enum clip_layout layout);
+/* Config from the weights' shapes (as clip_load_weights names them), for
+ * checkpoints that come without a config: vocab, width, layers, MLP width,
+ * positions, projection. Heads: `heads` when the caller knows it (> 0),
+ * else width/64, the head width of every released CLIP. Activation: erf
+ * GELU for OpenCLIP towers; for transformers names, erf GELU only at width
+ * 1280 (bigG, the one released transformers-named CLIP with it). */
+df_status clip_config_from_weights(const struct weights *w, enum clip_layout layout, int heads,
+                                   struct clip_config *cfg);
+/* clip_config_from_weights(w, CLIP_LAYOUT_TRANSFORMERS, 0, cfg) */
 df_status clip_infer_config(const struct weights *w, struct clip_config *cfg);
 /* Config from a transformers CLIPTextConfig dict (text_encoder/config.json);
  * missing keys take CLIP ViT-L/14's values. */

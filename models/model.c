@@ -1,36 +1,19 @@
-/* model: find a model's components, upload their weights, build the
- * modules. Weights are read through mmap and released page by page as they
- * reach the device, so loading never holds a second full copy in RAM. */
+/* model: find a model's components (the family's component table says
+ * which), load the VAE every family shares, hand the rest to the family.
+ * Weights are read through mmap and released page by page as they reach the
+ * device, so loading never holds a second full copy in RAM. */
 #include "model.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "sha256.h"
-#include "unet_config.h"
-#include "vocab.h"
-
-#define LDM_UNET_PREFIX "model.diffusion_model."
-#define LDM_CLIP_PREFIX "cond_stage_model.transformer."
-
-/* CLIP in SD1.x single files: transformers names under a prefix; some
- * early checkpoints lack the "text_model." level. */
-static const struct wts_rename clip_ldm_renames[] = {
-    {"cond_stage_model.transformer.text_model.", "text_model.", NULL},
-    {"cond_stage_model.transformer.", "text_model.", NULL},
-};
-
-/* One weight file of a component and, for diffusers folders, its config. */
-struct source {
-    char path[4096];
-    struct st_file *file;
-    struct ckpt_kind kind;
-    json_t *config;
-};
 
 static void say(const struct model_options *opt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(const struct model_options *opt, const char *fmt, ...) {
@@ -53,21 +36,23 @@ static bool is_file(const char *path) {
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
-static void source_close(struct source *s) {
+static void source_close(struct comp_source *s) {
     st_close(s->file);
     json_decref(s->config);
     memset(s, 0, sizeof *s);
 }
 
-static df_status source_open(struct source *s, const char *path, const char *config_path) {
+static df_status source_open(struct comp_source *s, const char *path, const char *config_path, const char *prefix) {
     memset(s, 0, sizeof *s);
     snprintf(s->path, sizeof s->path, "%s", path);
+    s->prefix = prefix;
+    if (access(path, R_OK) != 0) return df_error(DF_EIO, "%s: %s", path, strerror(errno));
     df_status st = st_open(path, &s->file);
     if (st != DF_OK) return st;
     ckpt_identify(s->file, &s->kind);
-    if ((st = ckpt_supported(&s->kind, path)) != DF_OK) {
+    if (s->kind.family == CKPT_UNKNOWN && !prefix) { /* a prefixed part is probed by its loader */
         source_close(s);
-        return st;
+        return df_error(DF_EUNSUPPORTED, "%s: not a Stable Diffusion checkpoint or component (no known keys)", path);
     }
     if (config_path && is_file(config_path)) {
         json_error_t err;
@@ -81,15 +66,18 @@ static df_status source_open(struct source *s, const char *path, const char *con
 }
 
 /* diffusers folders name the weights with or without a ".fp16" variant. */
-static df_status folder_component(const char *dir, const char *sub, const char *stem, struct source *s) {
+static df_status folder_component(const char *dir, enum comp_id c, struct comp_source *s) {
     char path[4096], config[4096];
+    const char *sub = comp_table[c].name;
     snprintf(config, sizeof config, "%s/%s/config.json", dir, sub);
     const char *variants[] = {"", ".fp16"};
     for (int i = 0; i < 2; i++) {
-        snprintf(path, sizeof path, "%s/%s/%s%s.safetensors", dir, sub, stem, variants[i]);
-        if (is_file(path)) return source_open(s, path, config);
+        snprintf(path, sizeof path, "%s/%s/%s%s.safetensors", dir, sub, comp_table[c].stem, variants[i]);
+        if (is_file(path)) return source_open(s, path, config, NULL);
     }
-    return df_error(DF_EIO, "%s: no %s/%s.safetensors in this diffusers folder", dir, sub, stem);
+    snprintf(path, sizeof path, "%s/%s", dir, sub);
+    if (is_dir(path) && access(path, R_OK | X_OK) != 0) return df_error(DF_EIO, "%s: %s", path, strerror(errno));
+    return df_error(DF_EIO, "%s: no %s/%s.safetensors in this diffusers folder", dir, sub, comp_table[c].stem);
 }
 
 static void collect_unused(const char *name, void *ctx) {
@@ -98,23 +86,25 @@ static void collect_unused(const char *name, void *ctx) {
     if (used < 400) snprintf(list + used, 512 - used, "%s%s", used ? ", " : "", name);
 }
 
-/* Tensors of a single-file checkpoint outside the three components
- * (DDPM buffers, EMA copies, ...) are never uploaded; say so once. */
+/* Tensors of a single-file checkpoint that no component took (DDPM
+ * buffers, EMA copies, ...) are never uploaded; say so once. */
 static void report_outside(const struct model_options *opt, const struct st_file *f) {
-    static const char *const parts[] = {LDM_UNET_PREFIX, "first_stage_model.", "cond_stage_model."};
+    static const char *const parts[] = {"model.diffusion_model.", "first_stage_model.", "cond_stage_model.",
+                                        "conditioner.embedders."};
     char list[512] = "";
     int n = 0;
     for (size_t i = 0; i < st_count(f); i++) {
         const char *name = st_at(f, i)->name;
         bool inside = false;
-        for (int k = 0; k < 3; k++) inside = inside || strncmp(name, parts[k], strlen(parts[k])) == 0;
+        for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++)
+            inside = inside || strncmp(name, parts[k], strlen(parts[k])) == 0;
         if (!inside) {
             n++;
             collect_unused(name, list);
         }
     }
-    if (n) say(opt, "checkpoint: %d tensor%s outside the UNet, VAE and text encoder, not loaded: %s%s", n,
-               n == 1 ? "" : "s", list, strlen(list) >= 400 ? ", ..." : "");
+    if (n) say(opt, "checkpoint: %d tensor%s outside the model's components, not loaded: %s%s", n, n == 1 ? "" : "s",
+               list, strlen(list) >= 400 ? ", ..." : "");
 }
 
 static void report_unused(const struct model_options *opt, struct weights *w, const char *what) {
@@ -123,106 +113,54 @@ static void report_unused(const struct model_options *opt, struct weights *w, co
     if (n) say(opt, "%s: %d unused tensor%s: %s%s", what, n, n == 1 ? "" : "s", list, strlen(list) >= 400 ? ", ..." : "");
 }
 
-#define TRY(x) do { if ((st = (x)) != DF_OK) goto done; } while (0)
-
-static df_status load_unet(struct model *m, struct device *dev, const struct source *s) {
-    struct unet_config cfg;
-    struct wts_rename *renames = NULL;
-    int n = 0;
-    const char *prefix = "";
-    df_status st = DF_OK;
-    switch (s->kind.family) {
-    case CKPT_SD1:
-    case CKPT_UNET_LDM:
-        prefix = LDM_UNET_PREFIX;
-        TRY(unet_infer_config_file(s->file, prefix, &cfg));
-        TRY(unet_ldm_renames(&cfg, prefix, &renames, &n));
-        break;
-    case CKPT_UNET:
-        if (s->config) TRY(unet_config_from_json(s->config, &cfg));
-        else TRY(unet_infer_config_file(s->file, "", &cfg));
-        break;
-    default:
-        st = df_error(DF_EINVAL, "%s is a %s, not a UNet", s->path, ckpt_family_name(s->kind.family));
-        goto done;
-    }
-    TRY(wts_create(dev, m->precision, &m->unet_weights));
-    TRY(wts_load(m->unet_weights, s->file, prefix, renames, n));
-    TRY(unet_load(m->unet_weights, &cfg, &m->unet));
-done:
-    free(renames);
-    if (st != DF_OK) return df_error(st, "UNet from %s: %s", s->path, df_errmsg());
-    return st;
+/* The tensor `name` under `prefix` (NULL = none). */
+static const struct st_tensor *st_find_prefixed(const struct st_file *f, const char *prefix, const char *name) {
+    char key[512];
+    snprintf(key, sizeof key, "%s%s", prefix ? prefix : "", name);
+    return st_find(f, key);
 }
 
-static df_status load_vae(struct model *m, struct device *dev, const struct source *s) {
+#define TRY(x) do { if ((st = (x)) != DF_OK) goto done; } while (0)
+
+/* The VAE every family has: original layout (first_stage_model.* or bare)
+ * or diffusers names with its config.json. */
+static df_status load_vae(struct model *m, struct device *dev, const struct comp_source *s) {
     struct vae_config cfg;
     struct wts_rename *renames = NULL;
     int n = 0;
     df_status st = DF_OK;
-    TRY(wts_create(dev, m->precision, &m->vae_weights));
-    switch (s->kind.family) {
-    case CKPT_SD1:
-    case CKPT_VAE_LDM: {
-        const char *prefix = s->kind.vae_prefix ? s->kind.vae_prefix : "first_stage_model.";
-        TRY(vae_ldm_infer_config(s->file, prefix, &cfg));
+    enum wts_precision prec = m->vae_fp32 ? WTS_F32 : m->precision;
+    TRY(wts_create(dev, prec, &m->weights[COMP_VAE]));
+    if (family_for_checkpoint(s->kind.family) || s->kind.family == CKPT_VAE_LDM) { /* original layout */
+        const char *prefix = s->kind.family == CKPT_VAE_LDM ? s->kind.vae_prefix : "first_stage_model.";
+        if (s->config) TRY(vae_config_from_json(s->config, &cfg));
+        else TRY(vae_ldm_infer_config(s->file, prefix, &cfg));
         TRY(vae_ldm_renames(&cfg, prefix, &renames, &n));
-        TRY(wts_load(m->vae_weights, s->file, prefix, renames, n));
-        break;
-    }
-    case CKPT_VAE:
-        TRY(wts_load(m->vae_weights, s->file, "", NULL, 0));
-        TRY(vae_infer_config(m->vae_weights, &cfg));
-        if (s->config) {
-            /* shapes cannot tell the latent scale; diffusers' config can */
-            const json_t *sf = json_object_get(s->config, "scaling_factor");
-            const json_t *sh = json_object_get(s->config, "shift_factor");
-            if (json_is_number(sf)) cfg.scaling_factor = (float)json_number_value(sf);
-            if (json_is_number(sh)) cfg.shift_factor = (float)json_number_value(sh);
-        }
-        break;
-    default:
+        TRY(wts_load(m->weights[COMP_VAE], s->file, prefix, renames, n));
+    } else if (st_find_prefixed(s->file, s->prefix, "decoder.conv_in.weight")) {
+        const struct wts_rename strip = {s->prefix ? s->prefix : "", "", NULL};
+        TRY(wts_load(m->weights[COMP_VAE], s->file, strip.from, &strip, 1));
+        if (s->config) TRY(vae_config_from_json(s->config, &cfg));
+        else TRY(vae_infer_config(m->weights[COMP_VAE], &cfg));
+    } else {
         st = df_error(DF_EINVAL, "%s is a %s, not a VAE", s->path, ckpt_family_name(s->kind.family));
         goto done;
     }
-    TRY(vae_load(m->vae_weights, &cfg, &m->vae));
+    TRY(vae_load(m->weights[COMP_VAE], &cfg, &m->vae));
 done:
     free(renames);
     if (st != DF_OK) return df_error(st, "VAE from %s: %s", s->path, df_errmsg());
     return st;
 }
 
-static df_status load_clip(struct model *m, struct device *dev, const struct source *s) {
-    struct clip_config cfg;
-    df_status st = DF_OK;
-    TRY(wts_create(dev, m->precision, &m->clip_weights));
-    switch (s->kind.family) {
-    case CKPT_SD1:
-        TRY(wts_load(m->clip_weights, s->file, LDM_CLIP_PREFIX, clip_ldm_renames, 2));
-        TRY(clip_infer_config(m->clip_weights, &cfg));
-        break;
-    case CKPT_CLIP:
-        TRY(wts_load(m->clip_weights, s->file, "text_model.", NULL, 0));
-        if (s->config) TRY(clip_config_from_json(s->config, &cfg));
-        else TRY(clip_infer_config(m->clip_weights, &cfg));
-        break;
-    default:
-        st = df_error(DF_EINVAL, "%s is a %s, not a CLIP text encoder", s->path, ckpt_family_name(s->kind.family));
-        goto done;
-    }
-    cfg.has_projection = false; /* SD1.x uses the hidden states only */
-    TRY(clip_load(m->clip_weights, &cfg, &m->clip));
-done:
-    if (st != DF_OK) return df_error(st, "text encoder from %s: %s", s->path, df_errmsg());
-    return st;
-}
-
+/* The file or folder stem: "v1-5-pruned-emaonly", "sdxl-base" for "sdxl-base/". */
 static void set_name(struct model *m, const char *path) {
-    const char *base = strrchr(path, '/');
-    base = base && base[1] ? base + 1 : path;
-    snprintf(m->name, sizeof m->name, "%.127s", base);
-    size_t len = strlen(m->name);
-    while (len > 1 && m->name[len - 1] == '/') m->name[--len] = 0;
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    size_t len = strlen(buf);
+    while (len > 1 && buf[len - 1] == '/') buf[--len] = 0;
+    const char *base = strrchr(buf, '/');
+    snprintf(m->name, sizeof m->name, "%.127s", base ? base + 1 : buf);
     char *dot = strrchr(m->name, '.');
     if (dot && strcmp(dot, ".safetensors") == 0) *dot = 0;
 }
@@ -238,83 +176,137 @@ static df_status set_hash(struct model *m, const char *path) {
     return DF_OK;
 }
 
+/* The family of a model given as component files only: asked for, or the
+ * UNet's own keys (SDXL's add_embedding). */
+static df_status family_of_components(const struct model_options *opt, const struct comp_source *comp,
+                                      const struct model_family **out) {
+    if (opt->family) {
+        *out = family_by_name(opt->family);
+        if (!*out) return df_error(DF_EINVAL, "family \"%.40s\": use sd1, sd2 or sdxl", opt->family);
+        return DF_OK;
+    }
+    enum ckpt_family k = comp[COMP_UNET].file ? comp[COMP_UNET].kind.family : CKPT_UNKNOWN;
+    *out = family_for_checkpoint(k);
+    if (!*out) *out = comp[COMP_TEXT_ENCODER_2].file ? &family_sdxl : &family_sd1;
+    return DF_OK;
+}
+
+/* Prediction type: the scheduler config says it for folders; a request to
+ * override (config `prediction`) wins. */
+static df_status set_prediction(struct model *m, const struct model_options *opt) {
+    if (!opt->prediction) return DF_OK;
+    if (strcmp(opt->prediction, "v") == 0 || strcmp(opt->prediction, "v_prediction") == 0)
+        m->scheduler.prediction_type = SMP_PRED_V;
+    else if (strcmp(opt->prediction, "epsilon") == 0 || strcmp(opt->prediction, "eps") == 0)
+        m->scheduler.prediction_type = SMP_PRED_EPSILON;
+    else return df_error(DF_EINVAL, "prediction \"%.40s\": use epsilon or v", opt->prediction);
+    snprintf(m->prediction_source, sizeof m->prediction_source, "configured");
+    return DF_OK;
+}
+
 df_status model_load(struct device *dev, const struct model_options *opt, struct model **out) {
     struct model *m = calloc(1, sizeof *m);
     if (!m) return df_error(DF_ENOMEM, "out of memory");
     m->precision = opt->precision;
-    m->scheduler = smp_config_default_sd15();
-    struct source main_src = {0}, unet_src = {0}, vae_src = {0}, clip_src = {0};
-    const struct source *unet = NULL, *vae = NULL, *clip = NULL;
+    static atomic_uint_fast64_t serials;
+    m->serial = atomic_fetch_add(&serials, 1) + 1;
+    struct comp_source main_src, own[COMP_COUNT];
+    struct model_sources src;
+    memset(&main_src, 0, sizeof main_src);
+    memset(own, 0, sizeof own);
+    memset(&src, 0, sizeof src);
+    const struct model_family *fam = NULL;
     df_status st = DF_OK;
     const char *hash_path = NULL;
+    char sched[4200] = "";
+    for (int c = 0; c < COMP_COUNT; c++)
+        if (opt->component[c]) {
+            TRY(source_open(&own[c], opt->component[c], NULL, opt->component_prefix[c]));
+            if (opt->component_config[c]) own[c].config = json_incref((json_t *)opt->component_config[c]);
+        }
     if (opt->path && is_dir(opt->path)) {
         m->layout = "diffusers folder";
-        if (!opt->unet) TRY(folder_component(opt->path, "unet", "diffusion_pytorch_model", &unet_src));
-        if (!opt->vae) TRY(folder_component(opt->path, "vae", "diffusion_pytorch_model", &vae_src));
-        if (!opt->text_encoder) TRY(folder_component(opt->path, "text_encoder", "model", &clip_src));
-        char sched[4096];
-        snprintf(sched, sizeof sched, "%s/scheduler/scheduler_config.json", opt->path);
-        if (is_file(sched)) TRY(smp_config_load(sched, &m->scheduler));
-        hash_path = unet_src.path[0] ? unet_src.path : NULL;
-        m->family = CKPT_SD1;
-    } else if (opt->path) {
-        TRY(source_open(&main_src, opt->path, NULL));
-        m->family = main_src.kind.family;
-        if (m->family != CKPT_SD1 && !(opt->unet || opt->vae || opt->text_encoder)) {
-            st = df_error(DF_EUNSUPPORTED, "%s is a %s, not a whole model: give the other components "
-                          "(unet, vae, text encoder) as well", opt->path, ckpt_family_name(m->family));
+        src.folder = opt->path;
+        if (access(opt->path, R_OK | X_OK) != 0) {
+            st = df_error(DF_EIO, "%s: %s", opt->path, strerror(errno));
             goto done;
         }
-        m->layout = m->family == CKPT_SD1 ? "single file (original LDM keys)" : "component files";
+        TRY(family_for_folder(opt->path, &fam));
+        for (int c = 0; c < COMP_COUNT; c++)
+            if (fam->components[c] && !own[c].file) TRY(folder_component(opt->path, c, &own[c]));
+        snprintf(sched, sizeof sched, "%s/scheduler/scheduler_config.json", opt->path);
+        hash_path = own[COMP_UNET].path[0] ? own[COMP_UNET].path : NULL;
+    } else if (opt->path) {
+        TRY(source_open(&main_src, opt->path, NULL, NULL));
+        src.single_file = true;
+        fam = family_for_checkpoint(main_src.kind.family);
+        if (main_src.kind.family == CKPT_SD3 || main_src.kind.family == CKPT_FLUX) {
+            st = df_error(DF_EUNSUPPORTED, "%s: recognised as %s (key \"%s\"); SD1.x, SD2.x and SDXL are supported so far",
+                          opt->path, ckpt_family_name(main_src.kind.family), main_src.kind.evidence);
+            goto done;
+        }
+        m->layout = fam ? "single file (original LDM keys)" : "component files";
         hash_path = opt->path;
+        if (!fam) { /* a lone component as `path` fills the slot it is */
+            static const struct {
+                enum ckpt_family kind;
+                enum comp_id slot;
+            } lone[] = {{CKPT_UNET, COMP_UNET}, {CKPT_UNET_LDM, COMP_UNET}, {CKPT_VAE, COMP_VAE},
+                        {CKPT_VAE_LDM, COMP_VAE}, {CKPT_CLIP, COMP_TEXT_ENCODER}};
+            for (size_t i = 0; i < sizeof lone / sizeof lone[0]; i++)
+                if (main_src.kind.family == lone[i].kind && !own[lone[i].slot].file) src.comp[lone[i].slot] = main_src;
+        }
     } else {
         m->layout = "component files";
     }
-    if (opt->unet) TRY(source_open(&unet_src, opt->unet, NULL));
-    if (opt->vae) TRY(source_open(&vae_src, opt->vae, NULL));
-    if (opt->text_encoder) TRY(source_open(&clip_src, opt->text_encoder, NULL));
-    if (opt->unet_config && unet_src.file) unet_src.config = json_incref((json_t *)opt->unet_config);
-    if (opt->vae_config && vae_src.file) vae_src.config = json_incref((json_t *)opt->vae_config);
-    if (opt->text_encoder_config && clip_src.file) clip_src.config = json_incref((json_t *)opt->text_encoder_config);
-    /* a lone component as `path` fills the slot it is */
-    if (main_src.file) {
-        enum ckpt_family f = main_src.kind.family;
-        bool all = f == CKPT_SD1;
-        if ((all || f == CKPT_UNET || f == CKPT_UNET_LDM) && !unet_src.file) unet = &main_src;
-        if ((all || f == CKPT_VAE || f == CKPT_VAE_LDM) && !vae_src.file) vae = &main_src;
-        if ((all || f == CKPT_CLIP) && !clip_src.file) clip = &main_src;
+    for (int c = 0; c < COMP_COUNT; c++)
+        if (own[c].file) src.comp[c] = own[c];
+    if (!fam) TRY(family_of_components(opt, src.comp, &fam));
+    if (main_src.file && family_for_checkpoint(main_src.kind.family) == fam) /* the whole model in one file */
+        for (int c = 0; c < COMP_COUNT; c++)
+            if (fam->components[c] && !src.comp[c].file) {
+                src.comp[c] = main_src;
+                /* what its shapes cannot say, a config given for it can */
+                src.comp[c].config = (json_t *)opt->component_config[c];
+            }
+    for (int c = 0; c < COMP_COUNT; c++)
+        if (fam->components[c] && !src.comp[c].file) {
+            st = df_error(DF_EINVAL, "%s model is missing its %s (give --%s FILE)", fam->label, comp_table[c].what,
+                          comp_table[c].name);
+            goto done;
+        }
+    m->family = fam;
+    if (!hash_path) hash_path = src.comp[COMP_UNET].path;
+    set_name(m, opt->path ? opt->path : src.comp[COMP_UNET].path);
+    /* scheduler: the family's, then the folder's file, then the configured one */
+    m->scheduler = fam->scheduler();
+    snprintf(m->prediction_source, sizeof m->prediction_source, "default");
+    if (sched[0] && is_file(sched)) {
+        TRY(smp_config_load(sched, &m->scheduler));
+        snprintf(m->prediction_source, sizeof m->prediction_source, "scheduler_config.json");
     }
-    if (unet_src.file) unet = &unet_src;
-    if (vae_src.file) vae = &vae_src;
-    if (clip_src.file) clip = &clip_src;
-    if (!unet || !vae || !clip) {
-        st = df_error(DF_EINVAL, "model is missing its %s", !unet ? "UNet" : !vae ? "VAE" : "text encoder");
+    if (opt->scheduler_config) {
+        TRY(smp_config_load(opt->scheduler_config, &m->scheduler));
+        snprintf(m->prediction_source, sizeof m->prediction_source, "scheduler_config.json");
+    }
+    const json_t *vc = src.comp[COMP_VAE].config;
+    m->vae_fp32 = fam->vae_force_upcast && !json_is_false(json_object_get(vc, "force_upcast")); /* default: true */
+    TRY(load_vae(m, dev, &src.comp[COMP_VAE]));
+    TRY(set_prediction(m, opt)); /* before the family: a configured type spares SD2's test */
+    TRY(fam->load(m, dev, &src));
+    if (fam->latent_channels(m) != m->vae.cfg.latent_channels) {
+        st = df_error(DF_EINVAL, "the VAE's %d latent channels do not match the denoiser's %d",
+                      m->vae.cfg.latent_channels, fam->latent_channels(m));
         goto done;
     }
-    if (!hash_path) hash_path = unet->path;
-    if (m->family == CKPT_UNKNOWN || m->family == CKPT_UNET || m->family == CKPT_UNET_LDM ||
-        m->family == CKPT_VAE || m->family == CKPT_VAE_LDM || m->family == CKPT_CLIP)
-        m->family = CKPT_SD1; /* assembled from SD1.x-family components */
-    set_name(m, opt->path ? opt->path : unet->path);
-    TRY(load_unet(m, dev, unet));
-    TRY(load_vae(m, dev, vae));
-    TRY(load_clip(m, dev, clip));
-    if (m->clip.cfg.hidden_size != m->unet.cfg.cross_attention_dim) {
-        st = df_error(DF_EINVAL, "text encoder width %d does not match the UNet's cross-attention width %d",
-                      m->clip.cfg.hidden_size, m->unet.cfg.cross_attention_dim);
-        goto done;
-    }
-    TRY(tok_create(clip_vocab_gz, CLIP_VOCAB_GZ_SIZE, &m->tokenizer));
     TRY(set_hash(m, hash_path));
-    if (main_src.file && main_src.kind.family == CKPT_SD1) report_outside(opt, main_src.file);
-    report_unused(opt, m->unet_weights, "UNet");
-    report_unused(opt, m->vae_weights, "VAE");
-    report_unused(opt, m->clip_weights, "text encoder");
+    if (main_src.file && src.single_file && family_for_checkpoint(main_src.kind.family))
+        report_outside(opt, main_src.file);
+    for (int c = 0; c < COMP_COUNT; c++)
+        if (m->weights[c]) report_unused(opt, m->weights[c], comp_table[c].what);
 done:
     source_close(&main_src);
-    source_close(&unet_src);
-    source_close(&vae_src);
-    source_close(&clip_src);
+    for (int c = 0; c < COMP_COUNT; c++) source_close(&own[c]);
     if (st != DF_OK) {
         model_destroy(m);
         return st;
@@ -325,46 +317,30 @@ done:
 
 void model_destroy(struct model *m) {
     if (!m) return;
-    unet_free(&m->unet);
+    if (m->family) m->family->free(m);
     vae_free(&m->vae);
-    clip_free(&m->clip);
-    wts_destroy(m->unet_weights);
-    wts_destroy(m->vae_weights);
-    wts_destroy(m->clip_weights);
-    tok_destroy(m->tokenizer);
+    for (int c = 0; c < COMP_COUNT; c++) wts_destroy(m->weights[c]);
     free(m);
 }
 
 char *model_describe(const struct model *m) {
-    const struct unet_config *u = &m->unet.cfg;
     const struct vae_config *v = &m->vae.cfg;
-    const struct clip_config *c = &m->clip.cfg;
-    char ch[128] = "", heads[128] = "";
-    for (int i = 0; i < u->levels; i++) {
-        size_t a = strlen(ch), b = strlen(heads);
-        snprintf(ch + a, sizeof ch - a, "%s%d", i ? ", " : "", u->block_out_channels[i]);
-        snprintf(heads + b, sizeof heads - b, "%s%d", i ? ", " : "", u->num_attention_heads[i]);
-    }
     char *s = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&s, &len);
     if (!f) return NULL;
-    fprintf(f, "model: %s\nfamily: %s\nlayout: %s\nhash: %s\ndtype on device: %s\n", m->name,
-            ckpt_family_name(m->family), m->layout, m->hash, m->precision == WTS_F16 ? "fp16" : "fp32");
-    fprintf(f, "unet: %lld parameters, block_out_channels [%s], heads [%s], layers_per_block %d, "
-               "cross_attention_dim %d, linear projection %s\n",
-            (long long)wts_parameter_count(m->unet_weights), ch, heads, u->layers_per_block[0], u->cross_attention_dim,
-            u->use_linear_projection ? "yes" : "no");
-    fprintf(f, "vae: %lld parameters, %d blocks, latent channels %d, scaling factor %g\n",
-            (long long)wts_parameter_count(m->vae_weights), v->n_blocks, v->latent_channels, v->scaling_factor);
-    fprintf(f, "text encoder: %lld parameters, width %d, %d layers, %d heads\n",
-            (long long)wts_parameter_count(m->clip_weights), c->hidden_size, c->num_hidden_layers,
-            c->num_attention_heads);
-    fprintf(f, "scheduler: %s betas %g..%g, prediction %s\n", "diffusers config", m->scheduler.beta_start,
-            m->scheduler.beta_end, m->scheduler.prediction_type == SMP_PRED_V ? "v_prediction" : "epsilon");
-    fprintf(f, "device memory for weights: %.1f MiB\n",
-            (double)(wts_device_bytes(m->unet_weights) + wts_device_bytes(m->vae_weights) +
-                     wts_device_bytes(m->clip_weights)) / (1 << 20));
+    fprintf(f, "model: %s\nfamily: %s\nlayout: %s\nhash: %s\ndtype on device: %s\n", m->name, m->family->label,
+            m->layout, m->hash, m->precision == WTS_F16 ? "fp16" : "fp32");
+    m->family->describe(m, f);
+    fprintf(f, "vae: %lld parameters, %d blocks, %d groups, latent channels %d, scaling factor %g, shift %g%s\n",
+            (long long)wts_parameter_count(m->weights[COMP_VAE]), v->n_blocks, v->norm_num_groups, v->latent_channels,
+            v->scaling_factor, v->shift_factor, m->vae_fp32 ? ", fp32 (force_upcast)" : "");
+    fprintf(f, "scheduler: betas %g..%g, prediction %s (%s)\n", m->scheduler.beta_start, m->scheduler.beta_end,
+            m->scheduler.prediction_type == SMP_PRED_V ? "v_prediction" : "epsilon", m->prediction_source);
+    uint64_t bytes = 0;
+    for (int c = 0; c < COMP_COUNT; c++)
+        if (m->weights[c]) bytes += wts_device_bytes(m->weights[c]);
+    fprintf(f, "device memory for weights: %.1f MiB\n", (double)bytes / (1 << 20));
     fclose(f);
     return s;
 }

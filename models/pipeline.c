@@ -1,5 +1,6 @@
-/* pipeline: prompt -> text embeddings -> sampler loop over one replayed
- * UNet program -> VAE decode, with diffusers' order of random draws. */
+/* pipeline: prompt -> the family's conditioning -> sampler loop over one
+ * replayed denoiser program -> VAE decode, with diffusers' order of random
+ * draws. Nothing here knows which family runs. */
 #include "pipeline.h"
 
 #include <math.h>
@@ -9,17 +10,16 @@
 #include <time.h>
 
 #include "compute/program.h"
+#include "vae_tiles.h"
 #include "../common/clock.h"
-
-#define CONTEXT 77
-#define PAD_ID 49407 /* SD1.x pads with the end token */
 
 /* One recorded pass and the tensors the host talks to. */
 struct pass {
     struct cg_graph *g;
     struct program *p;
-    struct cg_tensor *in[3];
-    struct cg_tensor *out;
+    struct cg_tensor *in[1], *out;         /* VAE passes */
+    struct fam_text_pass text;
+    struct fam_denoise_pass denoise;
     uint64_t bytes;
 };
 
@@ -27,15 +27,20 @@ struct pass {
  * reuses them, so a steady stream of same-size requests records nothing. */
 struct pass_key {
     const struct model *model;
+    uint64_t model_serial;       /* another model can be loaded at a freed one's address */
     int text_batch, unet_batch, latent_h, latent_w, clip_skip;
-    bool encode;
+    int encode;                  /* int: no padding, the key is compared with memcmp */
 };
 
 struct pipe_worker {
     struct device *dev;
     struct buf *arena;
+    uint64_t vae_budget;         /* 0: 3/4 of the device's largest allocation */
     struct pass_key key;
-    struct pass text, unet, decode, encode;
+    struct pass text, denoise, decode, encode;
+    /* the VAE passes run over tiles of these plans (one tile when the
+     * whole image fits the budget) */
+    struct vae_tiles decode_tiles, encode_tiles;
 };
 
 const char *pipe_stage_name(enum pipe_stage s) {
@@ -58,10 +63,15 @@ static void pass_free(struct pass *p) {
 
 static void passes_free(struct pipe_worker *w) {
     pass_free(&w->text);
-    pass_free(&w->unet);
+    pass_free(&w->denoise);
     pass_free(&w->decode);
     pass_free(&w->encode);
     memset(&w->key, 0, sizeof w->key);
+}
+
+void pipe_worker_set_vae_budget(struct pipe_worker *w, uint64_t bytes) {
+    w->vae_budget = bytes;
+    memset(&w->key, 0, sizeof w->key); /* re-plan the VAE passes */
 }
 
 df_status pipe_worker_create(struct device *dev, struct pipe_worker **out) {
@@ -84,28 +94,17 @@ void pipe_worker_destroy(struct pipe_worker *w) {
 static df_status record_text(struct pass *p, const struct model *m, int batch, int clip_skip) {
     df_status st = cg_create(&p->g);
     if (st != DF_OK) return st;
-    p->in[0] = cg_input(p->g, "input_ids", 2, (int64_t[]){batch, CONTEXT});
-    struct clip_outputs o;
-    if ((st = clip_forward(p->g, &m->clip, p->in[0], NULL, &o)) != DF_OK) return st;
-    int layers = m->clip.cfg.num_hidden_layers;
-    /* A1111's clip skip n: final_layer_norm of the output n-1 layers from
-     * the end (diffusers' clip_skip = n - 1) */
-    p->out = clip_skip <= 1 ? o.last_hidden_state : clip_final_norm(p->g, &m->clip, o.hidden_states[layers + 1 - clip_skip]);
-    cg_output(p->g, p->out);
+    if ((st = m->family->record_text(p->g, m, batch, clip_skip, &p->text)) != DF_OK) return st;
+    cg_output(p->g, p->text.context);
+    if (p->text.pooled) cg_output(p->g, p->text.pooled);
     return cg_plan(p->g, &p->bytes);
 }
 
-static df_status record_unet(struct pass *p, const struct model *m, int batch, int h, int w) {
+static df_status record_denoiser(struct pass *p, const struct model *m, int batch, int h, int w) {
     df_status st = cg_create(&p->g);
     if (st != DF_OK) return st;
-    const struct unet_config *c = &m->unet.cfg;
-    p->in[0] = cg_input(p->g, "sample", 4, (int64_t[]){batch, c->in_channels, h, w});
-    p->in[1] = cg_input(p->g, "timestep", 1, (int64_t[]){batch});
-    p->in[2] = cg_input(p->g, "encoder_hidden_states", 3, (int64_t[]){batch, CONTEXT, c->cross_attention_dim});
-    struct unet_outputs o;
-    if ((st = unet_forward(p->g, &m->unet, p->in[0], p->in[1], p->in[2], NULL, &o)) != DF_OK) return st;
-    p->out = o.sample;
-    cg_output(p->g, p->out);
+    if ((st = m->family->record_denoiser(p->g, m, batch, h, w, &p->denoise)) != DF_OK) return st;
+    cg_output(p->g, p->denoise.out);
     return cg_plan(p->g, &p->bytes);
 }
 
@@ -121,27 +120,48 @@ static df_status record_decode(struct pass *p, const struct model *m, int h, int
 static df_status record_encode(struct pass *p, const struct model *m, int h, int w) {
     df_status st = cg_create(&p->g);
     if (st != DF_OK) return st;
-    int s = vae_scale(&m->vae.cfg);
-    p->in[0] = cg_input(p->g, "image", 4, (int64_t[]){1, m->vae.cfg.in_channels, h * s, w * s});
+    p->in[0] = cg_input(p->g, "image", 4, (int64_t[]){1, m->vae.cfg.in_channels, h, w}); /* image px */
     if ((st = vae_encode(p->g, &m->vae, p->in[0], &p->out)) != DF_OK) return st;
     cg_output(p->g, p->out);
     return cg_plan(p->g, &p->bytes);
+}
+
+/* The VAE's tile plans for a latent of lh x lw: the largest tiles whose
+ * activations fit the budget (whole images when they fit), so a 1024^2
+ * SDXL decode runs on a device whose allocations stop at 2 GiB. */
+static df_status plan_vae(struct pipe_worker *w, const struct model *m, int lh, int lw, bool encode) {
+    const struct vae_config *v = &m->vae.cfg;
+    uint64_t budget = w->vae_budget ? w->vae_budget : dev_caps(w->dev)->max_allocation_size / 4 * 3;
+    int s = vae_scale(v), tile, overlap;
+    df_status st = vae_tiles_pick(lh, lw, 8, budget, vae_decode_bytes, (void *)&m->vae, &tile, &overlap);
+    if (st == DF_OK)
+        st = vae_tiles_decode_plan(v->latent_channels, v->out_channels, s, lh, lw, tile, overlap, &w->decode_tiles);
+    if (st != DF_OK || !encode) return st;
+    st = vae_tiles_pick((int64_t)lh * s, (int64_t)lw * s, 8 * s, budget, vae_encode_bytes, (void *)&m->vae, &tile,
+                        &overlap);
+    if (st == DF_OK)
+        st = vae_tiles_encode_plan(v->in_channels, 2 * v->latent_channels, s, (int64_t)lh * s, (int64_t)lw * s, tile,
+                                   overlap, &w->encode_tiles);
+    return st;
 }
 
 /* Records (or reuses) every pass the request needs and sizes the arena for
  * the largest: all device memory a job needs is claimed here, before any
  * step runs, and a pass too large for the device fails here. */
 static df_status prepare(struct pipe_worker *w, const struct pass_key *key) {
-    if (memcmp(&w->key, key, sizeof *key) == 0 && w->unet.p) return DF_OK;
+    if (memcmp(&w->key, key, sizeof *key) == 0 && w->denoise.p) return DF_OK;
     passes_free(w);
     const struct model *m = key->model;
     df_status st = record_text(&w->text, m, key->text_batch, key->clip_skip);
-    if (st == DF_OK) st = record_unet(&w->unet, m, key->unet_batch, key->latent_h, key->latent_w);
-    if (st == DF_OK) st = record_decode(&w->decode, m, key->latent_h, key->latent_w);
-    if (st == DF_OK && key->encode) st = record_encode(&w->encode, m, key->latent_h, key->latent_w);
+    if (st == DF_OK) st = record_denoiser(&w->denoise, m, key->unet_batch, key->latent_h, key->latent_w);
+    if (st == DF_OK) st = plan_vae(w, m, key->latent_h, key->latent_w, key->encode);
+    if (st == DF_OK)
+        st = record_decode(&w->decode, m, (int)w->decode_tiles.tile_h, (int)w->decode_tiles.tile_w);
+    if (st == DF_OK && key->encode)
+        st = record_encode(&w->encode, m, (int)w->encode_tiles.tile_h, (int)w->encode_tiles.tile_w);
     if (st != DF_OK) goto fail;
     uint64_t need = w->text.bytes;
-    struct pass *all[] = {&w->unet, &w->decode, &w->encode};
+    struct pass *all[] = {&w->denoise, &w->decode, &w->encode};
     for (int i = 0; i < 3; i++)
         if (all[i]->bytes > need) need = all[i]->bytes;
     if (!w->arena || buf_size(w->arena) < need) {
@@ -154,7 +174,7 @@ static df_status prepare(struct pipe_worker *w, const struct pass_key *key) {
         }
     }
     struct prog_options opt = {.arena = w->arena};
-    struct pass *passes[] = {&w->text, &w->unet, &w->decode, &w->encode};
+    struct pass *passes[] = {&w->text, &w->denoise, &w->decode, &w->encode};
     for (int i = 0; i < 4; i++)
         if (passes[i]->g && (st = prog_create(w->dev, passes[i]->g, &opt, &passes[i]->p)) != DF_OK) goto fail;
     w->key = *key;
@@ -167,7 +187,7 @@ fail:
 /* ---- request ------------------------------------------------------------ */
 
 static df_status check_request(const struct model *m, const struct pipe_request *r) {
-    int s = vae_scale(&m->vae.cfg);
+    int s = vae_scale(&m->vae.cfg), max_skip = m->family->max_clip_skip(m);
     if (!r->prompt) return df_error(DF_EINVAL, "prompt: missing");
     if (r->width < s || r->height < s || r->width % s || r->height % s)
         return df_error(DF_EINVAL, "width/height: %dx%d is not a positive multiple of %d", r->width, r->height, s);
@@ -175,58 +195,78 @@ static df_status check_request(const struct model *m, const struct pipe_request 
     if (r->batch < 1 || r->batch > 64) return df_error(DF_EINVAL, "n: %d is outside 1..64", r->batch);
     if (!isfinite(r->cfg_scale) || r->cfg_scale < 0 || r->cfg_scale > 100)
         return df_error(DF_EINVAL, "cfg_scale: %g is outside 0..100", r->cfg_scale);
-    if (r->clip_skip < 0 || r->clip_skip > m->clip.cfg.num_hidden_layers)
-        return df_error(DF_EINVAL, "clip_skip: %d is outside 1..%d", r->clip_skip, m->clip.cfg.num_hidden_layers);
+    if (r->clip_skip < 0 || r->clip_skip > max_skip)
+        return df_error(DF_EINVAL, "clip_skip: %d is outside 1..%d", r->clip_skip, max_skip);
     if (r->seed < -1) return df_error(DF_EINVAL, "seed: %lld (use -1 for a random seed)", (long long)r->seed);
-    if (r->init_image) {
-        if (r->init_width != r->width || r->init_height != r->height)
-            return df_error(DF_EINVAL, "init_image: %dx%d, expected the requested %dx%d (resize it first)",
-                            r->init_width, r->init_height, r->width, r->height);
-        if (!(r->strength > 0 && r->strength <= 1))
-            return df_error(DF_EINVAL, "strength: %g is outside (0, 1]", r->strength);
-    }
+    if (r->init_image && !(r->strength > 0 && r->strength <= 1))
+        return df_error(DF_EINVAL, "strength: %g is outside (0, 1]", r->strength);
     return DF_OK;
 }
 
-static bool cancelled(const struct pipe_request *r) { return r->cancel && atomic_load(r->cancel); }
+static bool cancelled(const struct pipe_hooks *h) { return h && h->cancel && atomic_load(h->cancel); }
 
-static void progress(const struct pipe_request *r, enum pipe_stage stage, int step, int steps, double t0) {
-    if (r->progress) r->progress(r->progress_ctx, stage, step, steps, clock_now() - t0);
+static void progress(const struct pipe_hooks *h, enum pipe_stage stage, int step, int steps, double t0) {
+    if (h && h->progress) h->progress(h->progress_ctx, stage, step, steps, clock_now() - t0);
 }
 
-/* Negative prompt first: diffusers concatenates [uncond, cond]. */
+/* Conditioning for the prompts [negative, prompt] (only the prompt without
+ * CFG): context [n_texts, context_len, context_dim], pooled [n_texts, P]. */
 static df_status encode_text(struct pipe_worker *w, const struct model *m, const struct pipe_request *r, bool cfg,
-                             float *embeds) {
-    float ids[2 * CONTEXT];
+                             const struct fam_cond *fc, float *context, float *pooled) {
+    const struct fam_text_pass *io = &w->text.text;
     const char *texts[2] = {r->negative_prompt ? r->negative_prompt : "", r->prompt};
     int first = cfg ? 0 : 1;
-    for (int i = first; i < 2; i++) {
-        int32_t tok[CONTEXT];
-        int count;
-        df_status st = tok_encode(m->tokenizer, texts[i], CONTEXT, PAD_ID, tok, &count);
-        if (st != DF_OK) return df_error(st, "%s: %s", i ? "prompt" : "negative_prompt", df_errmsg());
-        for (int j = 0; j < CONTEXT; j++) ids[(i - first) * CONTEXT + j] = (float)tok[j];
+    df_status st = DF_OK;
+    enum { MAX_SEQ = 512 };
+    if (fc->seq_len > MAX_SEQ)
+        return df_error(DF_EUNSUPPORTED, "text encoders of %d tokens (at most %d)", fc->seq_len, MAX_SEQ);
+    for (int k = 0; k < fc->n_encoders && st == DF_OK; k++) {
+        float ids[2 * MAX_SEQ], rows[2];
+        for (int i = first; i < 2 && st == DF_OK; i++) {
+            int32_t tok[MAX_SEQ];
+            int eos;
+            if ((st = m->family->tokenize(m, k, texts[i], tok, &eos)) != DF_OK)
+                return df_error(st, "%s: %s", i ? "prompt" : "negative_prompt", df_errmsg());
+            for (int j = 0; j < fc->seq_len; j++) ids[(i - first) * fc->seq_len + j] = (float)tok[j];
+            rows[i - first] = (float)((i - first) * fc->seq_len + eos);
+        }
+        st = prog_write(w->text.p, io->ids[k], ids);
+        if (st == DF_OK && io->eos_rows[k]) st = prog_write(w->text.p, io->eos_rows[k], rows);
     }
-    df_status st = prog_write(w->text.p, w->text.in[0], ids);
     if (st == DF_OK) st = prog_run(w->text.p);
-    if (st == DF_OK) st = prog_read(w->text.p, w->text.out, embeds);
+    if (st == DF_OK) st = prog_read(w->text.p, io->context, context);
+    if (st == DF_OK && io->pooled) st = prog_read(w->text.p, io->pooled, pooled);
+    /* diffusers' force_zeros_for_empty_prompt: no negative prompt given
+     * means zero conditioning, not the encoding of "" */
+    if (st == DF_OK && cfg && !r->negative_prompt && m->family->zero_empty_negative(m)) {
+        memset(context, 0, (size_t)fc->context_len * fc->context_dim * sizeof *context);
+        if (io->pooled) memset(pooled, 0, (size_t)fc->pooled_dim * sizeof *pooled);
+    }
+    return st;
+}
+
+/* One VAE pass over one tile: the vae_tile_fn of both VAE passes. */
+static df_status run_tile(void *ctx, const float *in, float *out) {
+    struct pass *p = ctx;
+    df_status st = prog_write(p->p, p->in[0], in);
+    if (st == DF_OK) st = prog_run(p->p);
+    if (st == DF_OK) st = prog_read(p->p, p->out, out);
     return st;
 }
 
 /* VAE encode of the init image -> posterior mean and log-variance. */
 static df_status encode_image(struct pipe_worker *w, const struct model *m, const struct pipe_request *r,
                               float *mean, float *logvar) {
+    const struct vae_tiles *t = &w->encode_tiles;
     int64_t hw = (int64_t)r->width * r->height, c = m->vae.cfg.latent_channels;
-    float *chw = malloc((size_t)hw * 3 * sizeof *chw);
-    float *moments = malloc((size_t)cg_nbytes(w->encode.out));
+    int64_t oh = vae_tiles_out_h(t), ow = vae_tiles_out_w(t);
+    float *chw = malloc((size_t)hw * 3 * sizeof *chw), *moments = malloc((size_t)(2 * c * oh * ow) * sizeof *moments);
     df_status st = DF_OK;
     if (!chw || !moments) st = df_error(DF_ENOMEM, "out of memory");
     for (int64_t i = 0; st == DF_OK && i < hw; i++)
         for (int ch = 0; ch < 3; ch++) chw[ch * hw + i] = 2.0f * r->init_image[i * 3 + ch] - 1.0f; /* [0,1] -> [-1,1] */
-    if (st == DF_OK) st = prog_write(w->encode.p, w->encode.in[0], chw);
-    if (st == DF_OK) st = prog_run(w->encode.p);
-    if (st == DF_OK) st = prog_read(w->encode.p, w->encode.out, moments);
-    if (st == DF_OK) vae_split_moments(moments, 1, c, w->encode.out->ne[2], w->encode.out->ne[3], mean, logvar);
+    if (st == DF_OK) st = vae_tiles_run(t, chw, run_tile, &w->encode, moments);
+    if (st == DF_OK) vae_split_moments(moments, 1, c, oh, ow, mean, logvar);
     free(chw);
     free(moments);
     return st;
@@ -234,19 +274,24 @@ static df_status encode_image(struct pipe_worker *w, const struct model *m, cons
 
 static df_status decode_latent(struct pipe_worker *w, const struct model *m, const float *x, size_t n, float *hwc) {
     const struct vae_config *v = &m->vae.cfg;
-    float *z = malloc(n * sizeof *z), *img = malloc((size_t)cg_nbytes(w->decode.out));
+    const struct vae_tiles *t = &w->decode_tiles;
+    int64_t hw = vae_tiles_out_h(t) * vae_tiles_out_w(t);
+    float *z = malloc(n * sizeof *z), *img = malloc((size_t)(v->out_channels * hw) * sizeof *img);
     df_status st = DF_OK;
     if (!z || !img) st = df_error(DF_ENOMEM, "out of memory");
     for (size_t i = 0; st == DF_OK && i < n; i++) z[i] = x[i] / v->scaling_factor + v->shift_factor;
-    if (st == DF_OK) st = prog_write(w->decode.p, w->decode.in[0], z);
-    if (st == DF_OK) st = prog_run(w->decode.p);
-    if (st == DF_OK) st = prog_read(w->decode.p, w->decode.out, img);
+    if (st == DF_OK) st = vae_tiles_run(t, z, run_tile, &w->decode, img);
     if (st == DF_OK) {
-        /* VaeImageProcessor.postprocess: (x/2 + 0.5) clamped, NCHW -> NHWC */
-        int64_t hw = w->decode.out->ne[2] * w->decode.out->ne[3];
-        for (int64_t i = 0; i < hw; i++)
+        /* VaeImageProcessor.postprocess: (x/2 + 0.5) clamped, NCHW -> NHWC.
+         * A non-finite pixel is never an image: fail the job instead. */
+        for (int64_t i = 0; i < hw && st == DF_OK; i++)
             for (int ch = 0; ch < 3; ch++) {
                 float p = img[ch * hw + i] / 2 + 0.5f;
+                if (!isfinite(p)) {
+                    st = df_error(DF_EINVAL, "the VAE decoded a non-finite value (the latent diverged: try fewer "
+                                             "steps, a lower cfg_scale or another sampler)");
+                    break;
+                }
                 hwc[i * 3 + ch] = p < 0 ? 0 : p > 1 ? 1 : p;
             }
     }
@@ -261,6 +306,9 @@ struct run {
     struct rng **rng;
     struct smp_sampler **smp;
     float *x, *xin, *eps, *noise, *out;
+    float *embeds, *pooled_embeds; /* per text: [negative, prompt] */
+    float *context, *pooled, *time_ids, *timesteps; /* per denoiser batch row */
+    float *mean, *logvar;
 };
 
 static void run_free(struct run *r) {
@@ -268,17 +316,39 @@ static void run_free(struct run *r) {
         if (r->rng) rng_destroy(r->rng[i]);
         if (r->smp) smp_destroy(r->smp[i]);
     }
+    float *bufs[] = {r->x, r->xin, r->eps, r->noise, r->out, r->embeds, r->pooled_embeds, r->context, r->pooled,
+                     r->time_ids, r->timesteps, r->mean, r->logvar};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(r->rng);
     free(r->smp);
-    free(r->x);
-    free(r->xin);
-    free(r->eps);
-    free(r->noise);
-    free(r->out);
+}
+
+static df_status run_alloc(struct run *r, const struct fam_cond *fc, size_t ub) {
+    size_t ctx = (size_t)fc->context_len * fc->context_dim, pd = (size_t)fc->pooled_dim + 1;
+    size_t ids = (size_t)fc->n_time_ids + 1;
+    r->rng = calloc((size_t)r->n, sizeof *r->rng);
+    r->smp = calloc((size_t)r->n, sizeof *r->smp);
+    r->x = malloc((size_t)r->n * r->latent * sizeof(float));
+    r->xin = malloc(ub * r->latent * sizeof(float));
+    r->eps = malloc(r->latent * sizeof(float));
+    r->noise = malloc(r->latent * sizeof(float));
+    r->out = malloc(ub * r->latent * sizeof(float));
+    r->embeds = malloc(2 * ctx * sizeof(float));
+    r->pooled_embeds = malloc(2 * pd * sizeof(float));
+    r->context = malloc(ub * ctx * sizeof(float));
+    r->pooled = malloc(ub * pd * sizeof(float));
+    r->time_ids = malloc(ub * ids * sizeof(float));
+    r->timesteps = malloc(ub * sizeof(float));
+    r->mean = malloc(r->latent * sizeof(float));
+    r->logvar = malloc(r->latent * sizeof(float));
+    if (!r->rng || !r->smp || !r->x || !r->xin || !r->eps || !r->noise || !r->out || !r->embeds ||
+        !r->pooled_embeds || !r->context || !r->pooled || !r->time_ids || !r->timesteps || !r->mean || !r->logvar)
+        return df_error(DF_ENOMEM, "out of host memory");
+    return DF_OK;
 }
 
 df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pipe_request *req,
-                        struct pipe_result *res) {
+                        const struct pipe_hooks *hooks, struct pipe_result *res) {
     memset(res, 0, sizeof *res);
     df_status st = check_request(m, req);
     if (st != DF_OK) return st;
@@ -286,44 +356,41 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
     dev_memory_reset_peak(w->dev);
     bool cfg = req->cfg_scale > 1.0f;
     int n = req->batch, s = vae_scale(&m->vae.cfg);
-    int lh = req->height / s, lw = req->width / s, lc = m->unet.cfg.in_channels;
-    struct pass_key key = {m, cfg ? 2 : 1, cfg ? 2 * n : n, lh, lw, req->clip_skip, req->init_image != NULL};
+    int lh = req->height / s, lw = req->width / s, lc = m->family->latent_channels(m);
+    struct pass_key key = {m, m->serial, cfg ? 2 : 1, cfg ? 2 * n : n, lh, lw, req->clip_skip, req->init_image != NULL};
     if ((st = prepare(w, &key)) != DF_OK) return st;
+    struct fam_cond fc;
+    m->family->cond(m, &fc);
 
     struct run r = {.n = n, .latent = (size_t)lc * lh * lw};
-    size_t D = (size_t)m->clip.cfg.hidden_size, ub = (size_t)key.unet_batch;
-    r.rng = calloc((size_t)n, sizeof *r.rng);
-    r.smp = calloc((size_t)n, sizeof *r.smp);
-    r.x = malloc((size_t)n * r.latent * sizeof(float));
-    r.xin = malloc(ub * r.latent * sizeof(float));
-    r.eps = malloc(r.latent * sizeof(float));
-    r.noise = malloc(r.latent * sizeof(float));
-    r.out = malloc(ub * r.latent * sizeof(float));
-    float *embeds = malloc(2 * CONTEXT * D * sizeof *embeds), *context = malloc(ub * CONTEXT * D * sizeof *context);
-    float *timesteps = malloc(ub * sizeof *timesteps), *mean = NULL, *logvar = NULL;
+    size_t ub = (size_t)key.unet_batch, ctx = (size_t)fc.context_len * fc.context_dim;
+    size_t pd = (size_t)fc.pooled_dim, nid = (size_t)fc.n_time_ids;
+    if ((st = run_alloc(&r, &fc, ub)) != DF_OK) goto done;
     res->count = n;
     res->width = req->width;
     res->height = req->height;
     res->seeds = calloc((size_t)n, sizeof *res->seeds);
     res->images = malloc((size_t)n * req->width * req->height * 3 * sizeof(float));
     res->latents = malloc((size_t)n * r.latent * sizeof(float));
-    if (!r.rng || !r.smp || !r.x || !r.xin || !r.eps || !r.noise || !r.out || !embeds || !context || !timesteps ||
-        !res->seeds || !res->images || !res->latents) {
+    if (!res->seeds || !res->images || !res->latents) {
         st = df_error(DF_ENOMEM, "out of host memory");
         goto done;
     }
     uint64_t seed = req->seed < 0 ? rng_random_seed() : (uint64_t)req->seed;
 
-    /* text */
-    progress(req, PIPE_TEXT, 0, 0, t0);
+    /* text: denoiser rows are [uncond x n, cond x n] */
+    progress(hooks, PIPE_TEXT, 0, 0, t0);
     t = clock_now();
-    if ((st = encode_text(w, m, req, cfg, embeds)) != DF_OK) goto done;
-    for (size_t b = 0; b < ub; b++) { /* [uncond x n, cond x n] */
+    if ((st = encode_text(w, m, req, cfg, &fc, r.embeds, r.pooled_embeds)) != DF_OK) goto done;
+    if (fc.n_time_ids) m->family->time_ids(m, req, r.time_ids);
+    for (size_t b = 0; b < ub; b++) {
         size_t which = cfg ? (b < (size_t)n ? 0 : 1) : 0;
-        memcpy(context + b * CONTEXT * D, embeds + which * CONTEXT * D, CONTEXT * D * sizeof(float));
+        memcpy(r.context + b * ctx, r.embeds + which * ctx, ctx * sizeof(float));
+        memcpy(r.pooled + b * pd, r.pooled_embeds + which * pd, pd * sizeof(float));
+        if (b) memcpy(r.time_ids + b * nid, r.time_ids, nid * sizeof(float)); /* the same for both halves */
     }
     res->seconds_text = clock_now() - t;
-    if (cancelled(req)) { st = df_error(DF_ECANCELLED, "cancelled"); goto done; }
+    if (cancelled(hooks)) { st = df_error(DF_ECANCELLED, "cancelled"); goto done; }
 
     /* samplers and generators: image i has its own, seeded seed + i */
     struct smp_config sc = m->scheduler;
@@ -334,19 +401,16 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
         if ((st = smp_create(req->sampler, &sc, req->steps, &r.smp[i])) != DF_OK) goto done;
     }
     if (req->init_image) {
-        progress(req, PIPE_ENCODE, 0, 0, t0);
+        progress(hooks, PIPE_ENCODE, 0, 0, t0);
         t = clock_now();
-        mean = malloc(r.latent * sizeof *mean);
-        logvar = malloc(r.latent * sizeof *logvar);
-        if (!mean || !logvar) { st = df_error(DF_ENOMEM, "out of host memory"); goto done; }
-        if ((st = encode_image(w, m, req, mean, logvar)) != DF_OK) goto done;
+        if ((st = encode_image(w, m, req, r.mean, r.logvar)) != DF_OK) goto done;
         const struct vae_config *v = &m->vae.cfg;
         for (int i = 0; i < n; i++) {
             float *x = r.x + (size_t)i * r.latent;
             /* draw 1: the posterior sample; draw 2: the noise to add */
             if ((st = rng_randn(r.rng[i], r.noise, r.latent)) != DF_OK) goto done;
             for (size_t k = 0; k < r.latent; k++)
-                x[k] = ((mean[k] + expf(0.5f * logvar[k]) * r.noise[k]) - v->shift_factor) * v->scaling_factor;
+                x[k] = ((r.mean[k] + expf(0.5f * r.logvar[k]) * r.noise[k]) - v->shift_factor) * v->scaling_factor;
             if ((st = smp_set_strength(r.smp[i], req->strength)) != DF_OK) goto done;
             if ((st = rng_randn(r.rng[i], r.noise, r.latent)) != DF_OK) goto done;
             if ((st = smp_add_noise(r.smp[i], x, r.noise, x, r.latent)) != DF_OK) goto done;
@@ -360,25 +424,29 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
         }
     }
 
-    /* denoise: one replay of the recorded UNet pass per model evaluation.
-     * The passes share one arena, so the UNet's inputs are written only
-     * now, after the text and image encoders have run. */
+    /* denoise: one replay of the recorded denoiser pass per evaluation.
+     * The passes share one arena, so the denoiser's conditioning is written
+     * only now, after the text and image encoders have run. */
     t = clock_now();
-    if ((st = prog_write(w->unet.p, w->unet.in[2], context)) != DF_OK) goto done;
+    const struct fam_denoise_pass *dn = &w->denoise.denoise;
+    struct program *dp = w->denoise.p;
+    if ((st = prog_write(dp, dn->context, r.context)) != DF_OK) goto done;
+    if (dn->pooled && (st = prog_write(dp, dn->pooled, r.pooled)) != DF_OK) goto done;
+    if (dn->time_ids && (st = prog_write(dp, dn->time_ids, r.time_ids)) != DF_OK) goto done;
     int evals = smp_n_evals(r.smp[0]);
-    progress(req, PIPE_DENOISE, 0, evals, t0);
+    progress(hooks, PIPE_DENOISE, 0, evals, t0);
     while (!smp_done(r.smp[0])) {
-        if (cancelled(req)) { st = df_error(DF_ECANCELLED, "cancelled"); goto done; }
+        if (cancelled(hooks)) { st = df_error(DF_ECANCELLED, "cancelled"); goto done; }
         for (int i = 0; i < n; i++) {
             float *xin = r.xin + (size_t)i * r.latent;
             if ((st = smp_model_input(r.smp[i], r.x + (size_t)i * r.latent, xin, r.latent)) != DF_OK) goto done;
             if (cfg) memcpy(r.xin + (size_t)(n + i) * r.latent, xin, r.latent * sizeof(float));
         }
-        for (size_t b = 0; b < ub; b++) timesteps[b] = smp_timestep(r.smp[0]);
-        if ((st = prog_write(w->unet.p, w->unet.in[0], r.xin)) != DF_OK) goto done;
-        if ((st = prog_write(w->unet.p, w->unet.in[1], timesteps)) != DF_OK) goto done;
-        if ((st = prog_run(w->unet.p)) != DF_OK) goto done;
-        if ((st = prog_read(w->unet.p, w->unet.out, r.out)) != DF_OK) goto done;
+        for (size_t b = 0; b < ub; b++) r.timesteps[b] = smp_timestep(r.smp[0]);
+        if ((st = prog_write(dp, dn->sample, r.xin)) != DF_OK) goto done;
+        if ((st = prog_write(dp, dn->timestep, r.timesteps)) != DF_OK) goto done;
+        if ((st = prog_run(dp)) != DF_OK) goto done;
+        if ((st = prog_read(dp, dn->out, r.out)) != DF_OK) goto done;
         for (int i = 0; i < n; i++) {
             const float *u = r.out + (size_t)i * r.latent, *c = r.out + (size_t)(n + i) * r.latent;
             for (size_t k = 0; k < r.latent; k++) r.eps[k] = cfg ? u[k] + req->cfg_scale * (c[k] - u[k]) : u[k];
@@ -389,7 +457,7 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
             }
             if ((st = smp_step(r.smp[i], r.eps, r.x + (size_t)i * r.latent, noise, r.latent)) != DF_OK) goto done;
         }
-        progress(req, PIPE_DENOISE, smp_eval_index(r.smp[0]), evals, t0);
+        progress(hooks, PIPE_DENOISE, smp_eval_index(r.smp[0]), evals, t0);
     }
     res->seconds_denoise = clock_now() - t;
     memcpy(res->latents, r.x, (size_t)n * r.latent * sizeof(float));
@@ -397,8 +465,8 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
     /* decode, one image at a time: the VAE's activations dominate memory */
     t = clock_now();
     for (int i = 0; i < n; i++) {
-        if (cancelled(req)) { st = df_error(DF_ECANCELLED, "cancelled"); goto done; }
-        progress(req, PIPE_DECODE, i, n, t0);
+        if (cancelled(hooks)) { st = df_error(DF_ECANCELLED, "cancelled"); goto done; }
+        progress(hooks, PIPE_DECODE, i, n, t0);
         if ((st = decode_latent(w, m, r.x + (size_t)i * r.latent, r.latent,
                                 res->images + (size_t)i * req->width * req->height * 3)) != DF_OK)
             goto done;
@@ -406,14 +474,9 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
     res->seconds_decode = clock_now() - t;
     res->seconds_total = clock_now() - t0;
     res->device_peak_bytes = dev_memory_peak(w->dev);
-    progress(req, PIPE_DONE, n, n, t0);
+    progress(hooks, PIPE_DONE, n, n, t0);
 done:
     run_free(&r);
-    free(embeds);
-    free(context);
-    free(timesteps);
-    free(mean);
-    free(logvar);
     if (st != DF_OK) pipe_result_free(res);
     return st;
 }

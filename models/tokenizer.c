@@ -10,6 +10,8 @@
 #include <string.h>
 #include <zlib.h>
 
+#include <jansson.h>
+
 #include "unicode_tables.h"
 
 /* simple_tokenizer.py: merges[1:49152-256-2+1] */
@@ -683,11 +685,10 @@ static int32_t str_get(const struct str_slot *tab, const char *arena, const char
     }
 }
 
-static df_status build(struct tokenizer *t, const char *text, size_t text_len) {
-    /* bytes_to_unicode(): printable bytes map to themselves, the rest to
-     * 256 + n in byte order; vocab ids follow that list's order. */
-    uint32_t cs[256];
-    uint8_t byte_of[256];
+/* bytes_to_unicode(): printable bytes map to themselves, the rest to
+ * 256 + n in byte order; vocab ids follow that list's order: entry i is
+ * byte byte_of[i], spelled as code point cs[i]. */
+static void bytes_to_unicode(uint32_t cs[256], uint8_t byte_of[256]) {
     int order = 0;
     for (int pass = 0, extra = 0; pass < 2; pass++)
         for (int b = 0; b < 256; b++)
@@ -695,6 +696,12 @@ static df_status build(struct tokenizer *t, const char *text, size_t text_len) {
                 byte_of[order] = (uint8_t)b;
                 cs[order++] = pass ? 256u + (uint32_t)extra++ : (uint32_t)b;
             }
+}
+
+static df_status build(struct tokenizer *t, const char *text, size_t text_len) {
+    uint32_t cs[256];
+    uint8_t byte_of[256];
+    bytes_to_unicode(cs, byte_of);
 
     size_t acap = text_len + 512 * 8 + 64;
     char *arena = malloc(acap);
@@ -865,3 +872,149 @@ void tok_destroy(struct tokenizer *t) {
 
 int32_t tok_bos(const struct tokenizer *t) { return t->bos; }
 int32_t tok_eos(const struct tokenizer *t) { return t->eos; }
+
+/* ------------------------------------------------------ vocabulary lookup */
+
+#define MAX_TOKEN_SYMBOLS 64 /* CLIP's longest token spells 32 bytes */
+
+df_status tok_token_id(const struct tokenizer *t, const char *token, int32_t *id) {
+    if (strcmp(token, "<|startoftext|>") == 0 || strcmp(token, "<|endoftext|>") == 0) {
+        *id = token[2] == 's' ? t->bos : t->eos;
+        return DF_OK;
+    }
+    /* the token's bytes, through the inverse of bytes_to_unicode() */
+    uint32_t cs[256];
+    uint8_t byte_of[256], sym[MAX_TOKEN_SYMBOLS];
+    bytes_to_unicode(cs, byte_of);
+    size_t len = strlen(token), n = 0;
+    bool eow = len > 4 && strcmp(token + len - 4, "</w>") == 0;
+    struct cpbuf cp = {0};
+    utf8_decode((const uint8_t *)token, eow ? len - 4 : len, &cp);
+    bool ok = !cp.oom && cp.n > 0 && cp.n <= MAX_TOKEN_SYMBOLS;
+    for (size_t i = 0; ok && i < cp.n; i++) {
+        int k = 0;
+        while (k < 256 && cs[k] != cp.v[i])
+            k++;
+        ok = k < 256;
+        if (ok)
+            sym[n++] = byte_of[k];
+    }
+    free(cp.v);
+    if (!ok)
+        return df_error(DF_EINVAL, "token \"%s\" is not in the CLIP vocabulary", token);
+    /* span[i][j]: id of the token spelling symbols i..j, or -1. A token
+     * longer than one symbol is the merge of two shorter tokens, so the
+     * pairs table rebuilds it bottom-up. */
+    int32_t span[MAX_TOKEN_SYMBOLS][MAX_TOKEN_SYMBOLS];
+    for (size_t w = 1; w <= n; w++)
+        for (size_t i = 0; i + w <= n; i++) {
+            size_t j = i + w - 1;
+            span[i][j] = w == 1 ? t->byte_id[eow && j == n - 1][sym[i]] : -1;
+            for (size_t k = i; k < j && span[i][j] < 0; k++) {
+                const struct pair_slot *p = span[i][k] >= 0 && span[k + 1][j] >= 0
+                                                ? pair_get(t, span[i][k], span[k + 1][j])
+                                                : NULL;
+                if (p)
+                    span[i][j] = p->id;
+            }
+        }
+    if (span[0][n - 1] < 0)
+        return df_error(DF_EINVAL, "token \"%s\" is not in the CLIP vocabulary", token);
+    *id = span[0][n - 1];
+    return DF_OK;
+}
+
+/* pad_token of a tokenizer JSON file: a string, or an AddedToken dict.
+ * *found = false when the file or the key is absent. */
+static df_status pad_token_of(const char *path, json_t **root, const char **token, bool *found) {
+    *found = false;
+    *root = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return DF_OK;
+    json_error_t err;
+    *root = json_loadf(f, 0, &err);
+    fclose(f);
+    if (!*root)
+        return df_error(DF_EFORMAT, "%s: %s (line %d)", path, err.text, err.line);
+    json_t *v = json_object_get(*root, "pad_token");
+    if (!v)
+        return DF_OK;
+    if (json_is_null(v))
+        return df_error(DF_EINVAL, "%s: pad_token is null: this tokenizer cannot pad to a fixed length", path);
+    if (json_is_object(v))
+        v = json_object_get(v, "content");
+    if (!json_is_string(v))
+        return df_error(DF_EFORMAT, "%s: pad_token is neither a string nor a dict with a \"content\" string", path);
+    *token = json_string_value(v);
+    *found = true;
+    return DF_OK;
+}
+
+/* Id of `token` in the tokenizer_config's added_tokens_decoder, or -1. */
+static int32_t added_token_id(const json_t *config, const char *token) {
+    const char *key;
+    json_t *v;
+    json_object_foreach(json_object_get(config, "added_tokens_decoder"), key, v) {
+        const char *content = json_string_value(json_object_get(v, "content"));
+        char *end;
+        long id = strtol(key, &end, 10);
+        if (content && strcmp(content, token) == 0 && *key && !*end && id >= 0 && id <= INT32_MAX)
+            return (int32_t)id;
+    }
+    return -1;
+}
+
+df_status tok_pad_id_from_folder(const struct tokenizer *t, const char *dir, int32_t *pad_id) {
+    char map_path[4096], config_path[4096], vocab_path[4096];
+    snprintf(map_path, sizeof map_path, "%s/special_tokens_map.json", dir);
+    snprintf(config_path, sizeof config_path, "%s/tokenizer_config.json", dir);
+    snprintf(vocab_path, sizeof vocab_path, "%s/vocab.json", dir);
+    json_t *map = NULL, *config = NULL, *vocab = NULL;
+    const char *token = "<|endoftext|>", *from = "CLIPTokenizer's default", *map_token = NULL, *config_token = NULL;
+    bool in_map = false, in_config = false;
+    df_status st = pad_token_of(map_path, &map, &map_token, &in_map);
+    if (st == DF_OK)
+        st = pad_token_of(config_path, &config, &config_token, &in_config);
+    if (st == DF_OK && !map && !config)
+        st = df_error(DF_EIO, "%s: neither special_tokens_map.json nor tokenizer_config.json here", dir);
+    /* transformers lets special_tokens_map.json override tokenizer_config.json */
+    if (in_map) {
+        token = map_token;
+        from = map_path;
+    } else if (in_config) {
+        token = config_token;
+        from = config_path;
+    }
+    int64_t id = -1;
+    FILE *vf = st == DF_OK ? fopen(vocab_path, "rb") : NULL;
+    if (vf) {
+        json_error_t err;
+        vocab = json_loadf(vf, 0, &err);
+        fclose(vf);
+        if (!vocab)
+            st = df_error(DF_EFORMAT, "%s: %s (line %d)", vocab_path, err.text, err.line);
+        json_t *v = json_object_get(vocab, token);
+        if (json_is_integer(v))
+            id = json_integer_value(v);
+    }
+    if (st == DF_OK && id < 0)
+        id = added_token_id(config, token);
+    if (st == DF_OK && id < 0 && !vocab) {
+        int32_t v;
+        if (tok_token_id(t, token, &v) == DF_OK)
+            id = v;
+    }
+    if (st == DF_OK && id < 0)
+        st = df_error(DF_EINVAL, "%s: pad_token \"%s\" is not a token of %s", from, token,
+                      vocab ? vocab_path : "the CLIP vocabulary");
+    else if (st == DF_OK && id >= N_VOCAB)
+        st = df_error(DF_EINVAL, "%s: pad_token \"%s\" has id %lld, outside the CLIP vocabulary (0..%d)", from,
+                      token, (long long)id, N_VOCAB - 1);
+    if (st == DF_OK)
+        *pad_id = (int32_t)id;
+    json_decref(map);
+    json_decref(config);
+    json_decref(vocab);
+    return st;
+}

@@ -50,4 +50,20 @@ int32_t tok_eos(const struct tokenizer *t); /* 49407 for CLIP */
 df_status tok_encode(const struct tokenizer *t, const char *utf8, int max_len, int32_t pad_id,
                      int32_t *ids, int *n_tokens);
 
+/* The id of vocabulary token `token`, spelled as the vocabulary spells it:
+ * a special ("<|endoftext|>") or bytes_to_unicode text, "</w>" ending a
+ * word ("!", "a</w>", "photograph</w>"). DF_EINVAL naming it when the
+ * vocabulary has no such token. */
+df_status tok_token_id(const struct tokenizer *t, const char *token, int32_t *id);
+
+/* The id a diffusers tokenizer folder (`dir`: "<model>/tokenizer_2") pads
+ * with, as transformers resolves it: pad_token from special_tokens_map.json,
+ * else tokenizer_config.json (a string or an AddedToken dict's "content"),
+ * else CLIPTokenizer's default "<|endoftext|>"; its id from dir/vocab.json,
+ * else tokenizer_config.json's added_tokens_decoder, else (no vocab.json)
+ * t's vocabulary. SD1.x pads with 49407, SDXL's tokenizer_2 and SD2.x with
+ * "!" = 0. An unknown token, a null pad_token or an id outside the CLIP
+ * vocabulary is an error naming the file and the token. */
+df_status tok_pad_id_from_folder(const struct tokenizer *t, const char *dir, int32_t *pad_id);
+
 #endif

@@ -12,7 +12,7 @@
 #define TRANSFORMER_GN_EPS 1e-6f /* Transformer2DModel's input GroupNorm */
 #define LAYERNORM_EPS 1e-5f      /* BasicTransformerBlock norm1..3 */
 #define MAX_LAYERS UNET_MAX_LAYERS
-#define MAX_DEPTH 64             /* transformer blocks per attention */
+#define MAX_DEPTH UNET_MAX_DEPTH
 #define MAX_SKIPS UNET_MAX_SKIPS
 #define NAME_LEN 160
 
@@ -71,9 +71,19 @@ static df_status check_heads(const struct unet_config *c, int level, int depth, 
 static df_status check_config(const struct unet_config *c) {
     if (c->levels < 1 || c->levels > UNET_MAX_LEVELS)
         return df_error(DF_EINVAL, "UNet config: %d levels (1..%d supported)", c->levels, UNET_MAX_LEVELS);
-    if (c->addition_embed_type != UNET_ADD_NONE)
-        return df_error(DF_EUNSUPPORTED, "UNet with SDXL added conditioning (addition_embed_type \"text_time\") "
-                                         "is not implemented yet");
+    if (c->addition_embed_type == UNET_ADD_TEXT_TIME) {
+        if (c->addition_time_embed_dim < 1)
+            return df_error(DF_EINVAL, "UNet config addition_time_embed_dim is unknown (label_emb / add_embedding "
+                                       "takes %d = pooled text + time ids x it): give it, or the pooled width",
+                            c->projection_class_embeddings_input_dim);
+        if (c->addition_time_embed_dim % 2)
+            return df_error(DF_EUNSUPPORTED, "UNet config addition_time_embed_dim %d is odd",
+                            c->addition_time_embed_dim);
+        if (c->projection_class_embeddings_input_dim <= c->addition_time_embed_dim)
+            return df_error(DF_EINVAL, "UNet config projection_class_embeddings_input_dim %d for "
+                                       "addition_time_embed_dim %d",
+                            c->projection_class_embeddings_input_dim, c->addition_time_embed_dim);
+    }
     if (c->in_channels < 1 || c->out_channels < 1 || c->norm_num_groups < 1 || !(c->norm_eps > 0))
         return df_error(DF_EINVAL, "UNet config: in %d, out %d channels, %d groups, eps %g", c->in_channels,
                         c->out_channels, c->norm_num_groups, (double)c->norm_eps);
@@ -160,174 +170,6 @@ void unet_skip_shape(const struct unet_config *cfg, int i, int64_t batch, int64_
     if (i < n) ne[1] = ch[i];
 }
 
-/* ---- config inference --------------------------------------------------- */
-
-/* Where tensor shapes come from: a weights object or a file header. */
-struct shapes {
-    const struct weights *w;
-    const struct st_file *f;
-    const char *prefix;
-};
-
-static bool has(const struct shapes *s, int *ndim, int64_t *ne, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static bool has(const struct shapes *s, int *ndim, int64_t *ne, const char *fmt, ...) {
-    char name[256];
-    int used = snprintf(name, sizeof name, "%s", s->prefix);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(name + used, sizeof name - (size_t)used, fmt, ap);
-    va_end(ap);
-    int nd = 0;
-    int64_t shape[CG_MAX_DIMS] = {0};
-    if (s->w) {
-        if (!wts_has(s->w, name, &nd, shape)) return false;
-    } else {
-        const struct st_tensor *t = st_find(s->f, name);
-        if (!t) return false;
-        nd = t->ndim < CG_MAX_DIMS ? t->ndim : CG_MAX_DIMS;
-        for (int d = 0; d < nd; d++) shape[d] = t->shape[d];
-    }
-    if (ndim) *ndim = nd;
-    if (ne) memcpy(ne, shape, sizeof shape);
-    return true;
-}
-
-/* One attention (Transformer2DModel) at `at` (a formatted prefix): depth,
- * projection kind and context width. Returns false if there is none. */
-static bool infer_attention(const struct shapes *s, const char *at, struct unet_config *c, int *depth) {
-    int nd;
-    int64_t ne[CG_MAX_DIMS];
-    if (!has(s, &nd, ne, "%sproj_in.weight", at)) return false;
-    c->use_linear_projection = nd == 2; /* Linear [C, C]; the conv is [C, C, 1, 1] */
-    *depth = 0;
-    while (*depth < MAX_DEPTH && has(s, NULL, NULL, "%stransformer_blocks.%d.norm1.weight", at, *depth)) (*depth)++;
-    if (has(s, NULL, ne, "%stransformer_blocks.0.attn2.to_k.weight", at)) c->cross_attention_dim = (int)ne[1];
-    return true;
-}
-
-static df_status infer_ldm(const struct shapes *s, struct unet_config *c) {
-    char at[NAME_LEN];
-    int64_t ne[CG_MAX_DIMS];
-    int layers = 0, depth = 0;
-    for (int k = 1;; k++) {
-        if (has(s, NULL, NULL, "input_blocks.%d.0.op.weight", k)) { /* downsampler closes a level */
-            c->layers_per_block[c->levels++] = layers;
-            layers = 0;
-            continue;
-        }
-        if (!has(s, NULL, ne, "input_blocks.%d.0.in_layers.2.weight", k)) break;
-        if (c->levels == UNET_MAX_LEVELS || layers == MAX_LAYERS)
-            return df_error(DF_EUNSUPPORTED, "UNet with more than %d levels or %d resnets per level",
-                            UNET_MAX_LEVELS, MAX_LAYERS);
-        c->block_out_channels[c->levels] = (int)ne[0];
-        layers++;
-        snprintf(at, sizeof at, "input_blocks.%d.1.", k);
-        if (infer_attention(s, at, c, &depth)) {
-            c->down_block_types[c->levels] = UNET_CROSS_ATTN;
-            c->transformer_layers_per_block[c->levels] = depth;
-        }
-    }
-    if (!layers) return df_error(DF_EFORMAT, "UNet: no resnet after the last downsampler");
-    c->layers_per_block[c->levels++] = layers;
-    for (int i = 0, k = 0; i < c->levels; i++) {
-        snprintf(at, sizeof at, "output_blocks.%d.1.", k);
-        if (infer_attention(s, at, c, &depth)) {
-            c->up_block_types[i] = UNET_CROSS_ATTN;
-            c->up_transformer_layers_per_block[i] = depth;
-        }
-        k += c->layers_per_block[mirror(c, i)] + 1;
-    }
-    c->mid_block = infer_attention(s, "middle_block.1.", c, &depth);
-    if (c->mid_block) c->transformer_layers_per_block[c->levels - 1] = depth;
-    else if (has(s, NULL, NULL, "middle_block.0.in_layers.2.weight"))
-        return df_error(DF_EUNSUPPORTED, "UNet mid block without attention (UNetMidBlock2D)");
-    if (!has(s, NULL, ne, "out.2.weight")) return df_error(DF_EFORMAT, "missing tensor \"%sout.2.weight\"", s->prefix);
-    c->out_channels = (int)ne[0];
-    c->conv_out_kernel = (int)ne[2];
-    if (has(s, NULL, ne, "label_emb.0.0.weight")) {
-        c->addition_embed_type = UNET_ADD_TEXT_TIME;
-        c->projection_class_embeddings_input_dim = (int)ne[1];
-    }
-    return DF_OK;
-}
-
-static df_status infer_diffusers(const struct shapes *s, struct unet_config *c) {
-    char at[NAME_LEN];
-    int64_t ne[CG_MAX_DIMS];
-    int depth = 0;
-    while (has(s, NULL, ne, "down_blocks.%d.resnets.0.conv1.weight", c->levels)) {
-        if (c->levels == UNET_MAX_LEVELS)
-            return df_error(DF_EUNSUPPORTED, "UNet with more than %d levels", UNET_MAX_LEVELS);
-        int i = c->levels++;
-        c->block_out_channels[i] = (int)ne[0];
-        while (c->layers_per_block[i] < MAX_LAYERS &&
-               has(s, NULL, NULL, "down_blocks.%d.resnets.%d.conv1.weight", i, c->layers_per_block[i]))
-            c->layers_per_block[i]++;
-        snprintf(at, sizeof at, "down_blocks.%d.attentions.0.", i);
-        if (infer_attention(s, at, c, &depth)) {
-            c->down_block_types[i] = UNET_CROSS_ATTN;
-            c->transformer_layers_per_block[i] = depth;
-        }
-    }
-    if (!c->levels) return df_error(DF_EFORMAT, "missing tensor \"%sdown_blocks.0.resnets.0.conv1.weight\"", s->prefix);
-    for (int i = 0; i < c->levels; i++) {
-        snprintf(at, sizeof at, "up_blocks.%d.attentions.0.", i);
-        if (infer_attention(s, at, c, &depth)) {
-            c->up_block_types[i] = UNET_CROSS_ATTN;
-            c->up_transformer_layers_per_block[i] = depth;
-        }
-    }
-    c->mid_block = infer_attention(s, "mid_block.attentions.0.", c, &depth);
-    if (c->mid_block) c->transformer_layers_per_block[c->levels - 1] = depth;
-    else if (has(s, NULL, NULL, "mid_block.resnets.0.conv1.weight"))
-        return df_error(DF_EUNSUPPORTED, "UNet mid block without attention (UNetMidBlock2D)");
-    if (!has(s, NULL, ne, "conv_out.weight"))
-        return df_error(DF_EFORMAT, "missing tensor \"%sconv_out.weight\"", s->prefix);
-    c->out_channels = (int)ne[0];
-    c->conv_out_kernel = (int)ne[2];
-    if (has(s, NULL, ne, "add_embedding.linear_1.weight")) {
-        c->addition_embed_type = UNET_ADD_TEXT_TIME;
-        c->projection_class_embeddings_input_dim = (int)ne[1];
-    }
-    return DF_OK;
-}
-
-static df_status infer(const struct shapes *s, struct unet_config *c) {
-    unet_config_defaults(c);
-    memset(c->layers_per_block, 0, sizeof c->layers_per_block); /* counted below */
-    int64_t ne[CG_MAX_DIMS], te[CG_MAX_DIMS];
-    bool ldm = has(s, NULL, ne, "input_blocks.0.0.weight");
-    if (!ldm && !has(s, NULL, ne, "conv_in.weight"))
-        return df_error(DF_EFORMAT, "no UNet tensors under \"%s\" (neither input_blocks.0.0.weight nor conv_in.weight)",
-                        s->prefix);
-    c->in_channels = (int)ne[1];
-    c->conv_in_kernel = (int)ne[2];
-    if (has(s, NULL, te, ldm ? "time_embed.0.weight" : "time_embedding.linear_1.weight"))
-        c->time_embedding_dim = (int)te[0];
-    TRY(ldm ? infer_ldm(s, c) : infer_diffusers(s, c));
-    if (c->block_out_channels[0] != ne[0])
-        return df_error(DF_EFORMAT, "UNet: conv_in has %lld channels, the first level %d", (long long)ne[0],
-                        c->block_out_channels[0]);
-    if (c->addition_embed_type == UNET_ADD_TEXT_TIME) c->addition_time_embed_dim = 256;
-    /* SD1.x: 8 heads everywhere; SD2.x / SDXL: 64-wide heads (module doc) */
-    for (int i = 0; i < c->levels; i++) {
-        int ch = c->block_out_channels[i];
-        c->num_attention_heads[i] = c->cross_attention_dim >= 1024 && ch % 64 == 0 ? ch / 64 : 8;
-    }
-    return DF_OK;
-}
-
-df_status unet_infer_config(const struct weights *w, const char *prefix, struct unet_config *cfg) {
-    struct shapes s = {.w = w, .prefix = prefix ? prefix : ""};
-    return infer(&s, cfg);
-}
-
-df_status unet_infer_config_file(const struct st_file *f, const char *prefix, struct unet_config *cfg) {
-    struct shapes s = {.f = f, .prefix = prefix ? prefix : ""};
-    return infer(&s, cfg);
-}
-
 /* ---- loading ------------------------------------------------------------ */
 
 static df_status take(struct weights *w, struct wt *out, const char *at, const char *what, int ndim, int64_t a,
@@ -341,6 +183,21 @@ static df_status take(struct weights *w, struct wt *out, const char *at, const c
 #define VEC(field, what, n) take(w, &(field), at, what, 1, n, 0, 0, 0)
 #define MAT(field, what, o, i) take(w, &(field), at, what, 2, o, i, 0, 0)
 #define CONV(field, what, o, i, k) take(w, &(field), at, what, 4, o, i, k, k)
+
+/* A config that says less than the weights hold (fewer layers, no
+ * attention, no added conditioning) would silently drop tensors: refuse it,
+ * naming the first tensor beyond the config and the key that contradicts. */
+static df_status refuse_extra(const struct weights *w, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static df_status refuse_extra(const struct weights *w, const char *key, const char *fmt, ...) {
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    if (!wts_has(w, name, NULL, NULL)) return DF_OK;
+    return df_error(DF_EFORMAT, "UNet weights have \"%s\", which the config's %s leaves out", name, key);
+}
 
 static df_status load_resnet(struct weights *w, const char *at, int cin, int cout, int temb,
                              struct unet_resnet_weights *r) {
@@ -413,7 +270,7 @@ static df_status load_transformer(struct weights *w, const struct unet_config *c
         snprintf(bt, sizeof bt, "%stransformer_blocks.%d.", at, d);
         TRY(load_block(w, bt, c, cfg->cross_attention_dim, &t->transformer_blocks[d]));
     }
-    return DF_OK;
+    return refuse_extra(w, "transformer_layers_per_block", "%stransformer_blocks.%d.norm1.weight", at, depth);
 }
 
 static df_status load_down(struct weights *w, const struct unet_config *cfg, int i, int cin,
@@ -433,6 +290,8 @@ static df_status load_down(struct weights *w, const struct unet_config *cfg, int
         TRY(load_transformer(w, cfg, at, c, cfg->num_attention_heads[i], cfg->transformer_layers_per_block[i],
                              &d->attentions[j]));
     }
+    TRY(refuse_extra(w, "layers_per_block", "down_blocks.%d.resnets.%d.conv1.weight", i, n));
+    if (!attn) TRY(refuse_extra(w, "down_block_types", "down_blocks.%d.attentions.0.proj_in.weight", i));
     if (i < cfg->levels - 1) {
         snprintf(at, sizeof at, "down_blocks.%d.downsamplers.0.conv.", i);
         TRY(CONV(d->downsamplers_0_conv_weight, "weight", c, c, 3));
@@ -460,6 +319,8 @@ static df_status load_up(struct weights *w, const struct unet_config *cfg, int i
         snprintf(at, sizeof at, "up_blocks.%d.attentions.%d.", i, j);
         TRY(load_transformer(w, cfg, at, c, cfg->num_attention_heads[m], up_depth(cfg, i), &u->attentions[j]));
     }
+    TRY(refuse_extra(w, "layers_per_block", "up_blocks.%d.resnets.%d.conv1.weight", i, n));
+    if (!attn) TRY(refuse_extra(w, "up_block_types", "up_blocks.%d.attentions.0.proj_in.weight", i));
     if (i < cfg->levels - 1) {
         snprintf(at, sizeof at, "up_blocks.%d.upsamplers.0.conv.", i);
         TRY(CONV(u->upsamplers_0_conv_weight, "weight", c, c, 3));
@@ -478,6 +339,15 @@ static df_status load_all(struct weights *w, const struct unet_config *cfg, bool
     TRY(VEC(m->time_embedding_linear_1_bias, "time_embedding.linear_1.bias", temb));
     TRY(MAT(m->time_embedding_linear_2_weight, "time_embedding.linear_2.weight", temb, temb));
     TRY(VEC(m->time_embedding_linear_2_bias, "time_embedding.linear_2.bias", temb));
+    if (cfg->addition_embed_type == UNET_ADD_TEXT_TIME) { /* TimestepEmbedding(adm_in, temb) */
+        int adm = cfg->projection_class_embeddings_input_dim;
+        TRY(MAT(m->add_embedding_linear_1_weight, "add_embedding.linear_1.weight", temb, adm));
+        TRY(VEC(m->add_embedding_linear_1_bias, "add_embedding.linear_1.bias", temb));
+        TRY(MAT(m->add_embedding_linear_2_weight, "add_embedding.linear_2.weight", temb, temb));
+        TRY(VEC(m->add_embedding_linear_2_bias, "add_embedding.linear_2.bias", temb));
+    } else {
+        TRY(refuse_extra(w, "addition_embed_type", "add_embedding.linear_1.weight"));
+    }
     int skips[MAX_SKIPS];
     int nskips = skip_channels(cfg, skips);
     for (int i = 0, cin = c0; i < cfg->levels; i++) {
@@ -802,8 +672,27 @@ static bool same_shape(const struct cg_tensor *a, const int64_t *ne) {
     return true;
 }
 
+static df_status check_added(const struct unet_config *c, int64_t b, const struct unet_added_cond *a) {
+    if (c->addition_embed_type == UNET_ADD_NONE) {
+        if (a) return df_error(DF_EINVAL, "UNet: added conditioning given to a UNet without addition_embed_type");
+        return DF_OK;
+    }
+    if (!a || !a->text_embeds || !a->time_ids)
+        return df_error(DF_EINVAL, "UNet: addition_embed_type \"text_time\" needs added conditioning "
+                                   "(text_embeds and time_ids)");
+    const struct cg_tensor *te = a->text_embeds, *ti = a->time_ids;
+    if (te->ndim != 2 || te->ne[0] != b || ti->ndim != 2 || ti->ne[0] != b ||
+        te->ne[1] + ti->ne[1] * c->addition_time_embed_dim != c->projection_class_embeddings_input_dim)
+        return df_error(DF_EINVAL, "UNet: text_embeds [%lld, P] and time_ids [%lld, n] need P + n x %d = %d "
+                                   "(projection_class_embeddings_input_dim)",
+                        (long long)b, (long long)b, c->addition_time_embed_dim,
+                        c->projection_class_embeddings_input_dim);
+    return DF_OK;
+}
+
 static df_status check_inputs(const struct unet_model *m, struct cg_tensor *sample, struct cg_tensor *timestep,
-                              struct cg_tensor *ctx, const struct unet_control *control) {
+                              struct cg_tensor *ctx, const struct unet_added_cond *added,
+                              const struct unet_control *control) {
     const struct unet_config *c = &m->cfg;
     if (!sample || !timestep || !ctx) return df_error(DF_EINVAL, "UNet: NULL input");
     if (sample->ndim != 4 || sample->ne[1] != c->in_channels)
@@ -814,6 +703,7 @@ static df_status check_inputs(const struct unet_model *m, struct cg_tensor *samp
     if (ctx->ndim != 3 || ctx->ne[0] != b || ctx->ne[2] != c->cross_attention_dim)
         return df_error(DF_EINVAL, "UNet: encoder_hidden_states must be [%lld, T, %d]", (long long)b,
                         c->cross_attention_dim);
+    TRY(check_added(c, b, added));
     if (!control) return DF_OK;
     int n = unet_skip_count(c);
     if (control->n_down && control->n_down != n)
@@ -835,10 +725,29 @@ static df_status check_inputs(const struct unet_model *m, struct cg_tensor *samp
     return DF_OK;
 }
 
-/* conv_in (+ conv_in_add), time embedding, down blocks, mid block. */
+/* SDXL's aug embedding: add_embedding(cat([text_embeds, add_time_proj(time
+ * ids) flattened per item])), the time ids' sinusoids back to back. */
+static struct cg_tensor *add_embedding(struct cg_graph *g, const struct unet_model *m,
+                                       const struct unet_added_cond *a, struct unet_outputs *out) {
+    const struct unet_config *c = &m->cfg;
+    int64_t b = a->time_ids->ne[0], n = a->time_ids->ne[1], dim = c->addition_time_embed_dim;
+    struct cg_tensor *ids = cg_reshape(g, a->time_ids, 1, (int64_t[]){b * n}); /* [B n] */
+    out->add_time_proj = cg_timestep_embed(g, ids, (int)dim, c->flip_sin_to_cos, c->freq_shift,
+                                           10000.0f);                              /* [B n, dim] */
+    struct cg_tensor *t = cg_reshape(g, out->add_time_proj, 2, (int64_t[]){b, n * dim}); /* [B, n dim] */
+    struct cg_tensor *x = cg_concat(g, a->text_embeds, t, 1);                           /* [B, P + n dim] */
+    x = linear(g, x, &m->add_embedding_linear_1_weight, &m->add_embedding_linear_1_bias); /* [B, temb] */
+    x = linear(g, cg_silu(g, x), &m->add_embedding_linear_2_weight, &m->add_embedding_linear_2_bias);
+    out->add_embedding = x;
+    return x;
+}
+
+/* conv_in (+ conv_in_add), time embedding (+ added conditioning), down
+ * blocks, mid block. */
 static df_status down_path(struct cg_graph *g, const struct unet_model *m, struct cg_tensor *sample,
-                           struct cg_tensor *timestep, struct cg_tensor *ctx, struct cg_tensor *conv_in_add,
-                           struct unet_down *d, struct unet_outputs *out, struct cg_tensor **temb_act) {
+                           struct cg_tensor *timestep, struct cg_tensor *ctx, const struct unet_added_cond *added,
+                           struct cg_tensor *conv_in_add, struct unet_down *d, struct unet_outputs *out,
+                           struct cg_tensor **temb_act) {
     const struct unet_config *c = &m->cfg;
     int64_t ne[4] = {sample->ne[0], c->block_out_channels[0], sample->ne[2], sample->ne[3]};
     if (conv_in_add && !same_shape(conv_in_add, ne))
@@ -853,6 +762,7 @@ static df_status down_path(struct cg_graph *g, const struct unet_model *m, struc
                                    &m->time_embedding_linear_1_bias); /* [B, 4 C0] */
     emb = linear(g, cg_silu(g, emb), &m->time_embedding_linear_2_weight, &m->time_embedding_linear_2_bias);
     out->time_embedding = emb;
+    if (c->addition_embed_type == UNET_ADD_TEXT_TIME) emb = cg_add(g, emb, add_embedding(g, m, added, out));
     *temb_act = cg_silu(g, emb);
 
     int kin = c->conv_in_kernel / 2;
@@ -871,15 +781,16 @@ static df_status down_path(struct cg_graph *g, const struct unet_model *m, struc
 
 df_status unet_forward_down(struct cg_graph *g, const struct unet_model *m, struct cg_tensor *sample,
                             struct cg_tensor *timestep, struct cg_tensor *encoder_hidden_states,
-                            struct cg_tensor *conv_in_add, struct unet_down *down, struct unet_outputs *dbg) {
+                            const struct unet_added_cond *added, struct cg_tensor *conv_in_add,
+                            struct unet_down *down, struct unet_outputs *dbg) {
     struct unet_outputs scratch;
     if (!dbg) dbg = &scratch;
     memset(down, 0, sizeof *down);
     memset(dbg, 0, sizeof *dbg);
     TRY(cg_status(g));
-    TRY(check_inputs(m, sample, timestep, encoder_hidden_states, NULL));
+    TRY(check_inputs(m, sample, timestep, encoder_hidden_states, added, NULL));
     struct cg_tensor *temb_act;
-    TRY(down_path(g, m, sample, timestep, encoder_hidden_states, conv_in_add, down, dbg, &temb_act));
+    TRY(down_path(g, m, sample, timestep, encoder_hidden_states, added, conv_in_add, down, dbg, &temb_act));
     if (!m->cfg.mid_block) down->mid = NULL;
     dbg->mid_block = down->mid;
     return DF_OK;
@@ -887,15 +798,16 @@ df_status unet_forward_down(struct cg_graph *g, const struct unet_model *m, stru
 
 df_status unet_forward(struct cg_graph *g, const struct unet_model *m, struct cg_tensor *sample,
                        struct cg_tensor *timestep, struct cg_tensor *encoder_hidden_states,
-                       const struct unet_control *control, struct unet_outputs *out) {
+                       const struct unet_added_cond *added, const struct unet_control *control,
+                       struct unet_outputs *out) {
     const struct unet_config *c = &m->cfg;
     memset(out, 0, sizeof *out);
     TRY(cg_status(g));
-    TRY(check_inputs(m, sample, timestep, encoder_hidden_states, control));
+    TRY(check_inputs(m, sample, timestep, encoder_hidden_states, added, control));
     if (!m->up_blocks[0].resnets) return df_error(DF_EINVAL, "UNet: model loaded without its up path");
     struct cg_tensor *ctx = encoder_hidden_states, *temb_act;
     struct unet_down d = {.n_skips = 0};
-    TRY(down_path(g, m, sample, timestep, ctx, NULL, &d, out, &temb_act));
+    TRY(down_path(g, m, sample, timestep, ctx, added, NULL, &d, out, &temb_act));
     /* ControlNet: residuals join the skips only, not the tensor the down
      * path hands to the mid block */
     if (control && control->n_down)

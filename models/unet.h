@@ -1,9 +1,10 @@
-/* unet: the diffusers UNet2DConditionModel as SD1.x and SD2.x use it, for
- * any level count, channel list, head count, group count and transformer
- * depth the config gives. Weights are taken under diffusers names;
- * unet_ldm_renames maps the CompVis/LDM single-file layout to them.
- * SDXL's added conditioning (addition_embed_type "text_time") is recognised
- * by the config but refused by unet_load (DF_EUNSUPPORTED) for now. */
+/* unet: the diffusers UNet2DConditionModel as SD1.x, SD2.x and SDXL use
+ * it, for any level count, channel list, head count, group count and
+ * transformer depth the config gives, with SDXL's added conditioning
+ * (addition_embed_type "text_time"). Weights are taken under diffusers
+ * names; unet_ldm_renames maps the CompVis/LDM and SDXL (sgm) single-file
+ * layout to them. Configs come from config.json or from tensor shapes
+ * (unet_config.h). */
 #ifndef DF_UNET_H
 #define DF_UNET_H
 
@@ -15,6 +16,7 @@
 
 #define UNET_MAX_LEVELS 8
 #define UNET_MAX_LAYERS 16 /* resnets per down level */
+#define UNET_MAX_DEPTH 64  /* transformer blocks per attention */
 #define UNET_MAX_SKIPS (1 + UNET_MAX_LEVELS * (UNET_MAX_LAYERS + 1))
 
 enum unet_block_type {
@@ -53,8 +55,8 @@ struct unet_config {
     float mid_block_scale_factor;               /* 1: mid block resnets divide by it */
     bool center_input_sample;                   /* false: sample -> 2*sample - 1 */
     enum unet_addition addition_embed_type;     /* SDXL micro-conditioning */
-    int addition_time_embed_dim;                /* SDXL: 256 */
-    int projection_class_embeddings_input_dim;  /* SDXL: 2816 */
+    int addition_time_embed_dim;                /* SDXL: 256 (sinusoid width per time id) */
+    int projection_class_embeddings_input_dim;  /* SDXL: 2816 = pooled 1280 + 6 time ids x 256 */
 };
 
 /* diffusers' defaults (levels = 0; per-level lists: 2 layers, 8 heads,
@@ -116,25 +118,13 @@ struct unet_model {
     struct wt conv_in_weight, conv_in_bias;
     struct wt time_embedding_linear_1_weight, time_embedding_linear_1_bias;
     struct wt time_embedding_linear_2_weight, time_embedding_linear_2_bias;
+    struct wt add_embedding_linear_1_weight, add_embedding_linear_1_bias; /* text_time only */
+    struct wt add_embedding_linear_2_weight, add_embedding_linear_2_bias;
     struct unet_down_block_weights down_blocks[UNET_MAX_LEVELS];
     struct unet_mid_block_weights mid_block;
     struct unet_up_block_weights up_blocks[UNET_MAX_LEVELS];
     struct wt conv_norm_out_weight, conv_norm_out_bias, conv_out_weight, conv_out_bias;
 };
-
-/* Config from tensor shapes, for single-file checkpoints. Reads either the
- * LDM layout (`prefix`input_blocks.0.0.weight, prefix usually
- * "model.diffusion_model.") or diffusers names (`prefix`conv_in.weight).
- * Shapes give channels, levels, resnets per level, which levels attend,
- * transformer depth, cross_attention_dim, linear projections and SDXL's
- * label_emb. They cannot give the head count: SD1.x uses 8 heads at every
- * level, SD2.x and SDXL a head width of 64, so heads = 8 unless
- * cross_attention_dim >= 1024 (SD2: 1024, SDXL: 2048), then channels/64.
- * norm_num_groups is 32 (every released UNet). The rest: diffusers defaults.
- * unet_infer_config_file reads the file's header only, so a loader can
- * infer, build the rename table and upload once. */
-df_status unet_infer_config(const struct weights *w, const char *prefix, struct unet_config *cfg);
-df_status unet_infer_config_file(const struct st_file *f, const char *prefix, struct unet_config *cfg);
 
 /* Checks the config (DF_EINVAL for inconsistent values, DF_EUNSUPPORTED for
  * features not implemented) and takes every weight under diffusers names;
@@ -170,17 +160,27 @@ struct unet_control {
     struct cg_tensor *mid;   /* or NULL */
 };
 
+/* SDXL's added conditioning (diffusers' added_cond_kwargs), for configs
+ * with addition_embed_type "text_time"; P + n * addition_time_embed_dim
+ * must equal projection_class_embeddings_input_dim (SDXL: n = 6 time ids
+ * [orig_h, orig_w, crop_top, crop_left, target_h, target_w]). */
+struct unet_added_cond {
+    struct cg_tensor *text_embeds; /* [B, P] pooled text embedding */
+    struct cg_tensor *time_ids;    /* [B, n] */
+};
+
 struct unet_outputs {
     struct cg_tensor *sample; /* [B, out_channels, h, w] */
     /* Intermediates as the fixtures' dbg.* forward hooks see them, for
      * debugging (mark with cg_output before planning to read them). */
     struct cg_tensor *time_proj, *time_embedding, *conv_in, *mid_block;
+    struct cg_tensor *add_time_proj, *add_embedding; /* text_time: [B n, dim], [B, temb] */
     struct cg_tensor *down_blocks[UNET_MAX_LEVELS], *up_blocks[UNET_MAX_LEVELS];
 };
 
 /* The down half, as ControlNetModel runs it: conv_in (plus `conv_in_add`,
  * ControlNet's conditioning embedding [B, C0, h, w], unless NULL), time
- * embedding, down blocks, mid block. */
+ * embedding (with `added` as unet_forward), down blocks, mid block. */
 struct unet_down {
     struct cg_tensor *skips[UNET_MAX_SKIPS]; /* in push order, per unet_skip_shape */
     int n_skips;
@@ -188,14 +188,17 @@ struct unet_down {
 };
 df_status unet_forward_down(struct cg_graph *g, const struct unet_model *m, struct cg_tensor *sample,
                             struct cg_tensor *timestep, struct cg_tensor *encoder_hidden_states,
-                            struct cg_tensor *conv_in_add, struct unet_down *down, struct unet_outputs *dbg);
+                            const struct unet_added_cond *added, struct cg_tensor *conv_in_add,
+                            struct unet_down *down, struct unet_outputs *dbg);
 
 /* sample [B, in_channels, h, w]; timestep [B] (float, one per batch item,
  * may be fractional); encoder_hidden_states [B, T, cross_attention_dim];
- * control NULL or the residuals. h and w must survive the down path
- * exactly (each level's size even, as every 8-aligned SD latent is). */
+ * added: NULL unless the config has addition_embed_type (then required);
+ * control NULL or the residuals. A latent size that does not halve evenly
+ * is upsampled back to the skips' sizes, as diffusers does. */
 df_status unet_forward(struct cg_graph *g, const struct unet_model *m, struct cg_tensor *sample,
                        struct cg_tensor *timestep, struct cg_tensor *encoder_hidden_states,
-                       const struct unet_control *control, struct unet_outputs *out);
+                       const struct unet_added_cond *added, const struct unet_control *control,
+                       struct unet_outputs *out);
 
 #endif

@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,17 +17,140 @@
 
 static df_status check_config(const struct vae_config *c) {
     if (c->n_blocks < 1 || c->n_blocks > VAE_MAX_BLOCKS)
-        return df_error(DF_EINVAL, "VAE config: %d blocks (1..%d supported)", c->n_blocks, VAE_MAX_BLOCKS);
-    if (c->in_channels < 1 || c->out_channels < 1 || c->latent_channels < 1 || c->layers_per_block < 1 ||
-        c->norm_num_groups < 1)
-        return df_error(DF_EINVAL, "VAE config: in %d, out %d, latent %d channels, %d layers per block, %d groups",
-                        c->in_channels, c->out_channels, c->latent_channels, c->layers_per_block,
-                        c->norm_num_groups);
+        return df_error(DF_EUNSUPPORTED, "VAE config block_out_channels: %d blocks (1..%d supported)", c->n_blocks,
+                        VAE_MAX_BLOCKS);
+    const struct { const char *key; int value; } positive[] = {
+        {"in_channels", c->in_channels},         {"out_channels", c->out_channels},
+        {"latent_channels", c->latent_channels}, {"layers_per_block", c->layers_per_block},
+        {"norm_num_groups", c->norm_num_groups},
+    };
+    for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++)
+        if (positive[i].value < 1)
+            return df_error(DF_EINVAL, "VAE config %s = %d (must be positive)", positive[i].key, positive[i].value);
     for (int i = 0; i < c->n_blocks; i++)
         if (c->block_out_channels[i] < 1 || c->block_out_channels[i] % c->norm_num_groups)
-            return df_error(DF_EINVAL, "VAE config: block_out_channels[%d] = %d is not a multiple of %d groups", i,
-                            c->block_out_channels[i], c->norm_num_groups);
+            return df_error(DF_EINVAL, "VAE config norm_num_groups = %d does not divide block_out_channels[%d] = %d",
+                            c->norm_num_groups, i, c->block_out_channels[i]);
     return DF_OK;
+}
+
+/* ---- config.json ---------------------------------------------------------- */
+
+/* Each reader leaves *out alone when the key is absent or null. */
+static df_status json_int(const json_t *j, const char *key, int *out) {
+    const json_t *v = json_object_get(j, key);
+    if (!v || json_is_null(v)) return DF_OK;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 1 << 20)
+        return df_error(DF_EINVAL, "VAE config %s: expected a non-negative integer", key);
+    *out = (int)json_integer_value(v);
+    return DF_OK;
+}
+
+static df_status json_float(const json_t *j, const char *key, float *out) {
+    const json_t *v = json_object_get(j, key);
+    if (!v || json_is_null(v)) return DF_OK;
+    if (!json_is_number(v) || !isfinite(json_number_value(v)))
+        return df_error(DF_EINVAL, "VAE config %s: expected a number", key);
+    *out = (float)json_number_value(v);
+    return DF_OK;
+}
+
+static df_status json_bool(const json_t *j, const char *key, bool *out) {
+    const json_t *v = json_object_get(j, key);
+    if (!v || json_is_null(v)) return DF_OK;
+    if (!json_is_boolean(v)) return df_error(DF_EINVAL, "VAE config %s: expected true or false", key);
+    *out = json_is_true(v);
+    return DF_OK;
+}
+
+/* A list of block type names, each `want` (absent: diffusers' default of
+ * one block); its length must match block_out_channels. */
+static df_status block_types(const json_t *j, const char *key, const char *want, int n_blocks) {
+    const json_t *v = json_object_get(j, key);
+    if (!v || json_is_null(v)) {
+        if (n_blocks != 1)
+            return df_error(DF_EINVAL, "VAE config %s absent (diffusers: one block) but block_out_channels has %d",
+                            key, n_blocks);
+        return DF_OK;
+    }
+    if (!json_is_array(v) || (int)json_array_size(v) != n_blocks)
+        return df_error(DF_EINVAL, "VAE config %s: expected a list of %d block types, one per block_out_channels",
+                        key, n_blocks);
+    for (int i = 0; i < n_blocks; i++) {
+        const char *s = json_string_value(json_array_get(v, (size_t)i));
+        if (!s || strcmp(s, want) != 0)
+            return df_error(DF_EUNSUPPORTED, "VAE config %s[%d] = %s (only %s)", key, i, s ? s : "(not a string)",
+                            want);
+    }
+    return DF_OK;
+}
+
+df_status vae_config_from_json(const json_t *j, struct vae_config *c) {
+    /* AutoencoderKL.__init__'s defaults */
+    *c = (struct vae_config){
+        .in_channels = 3, .out_channels = 3, .latent_channels = 4, .n_blocks = 1, .block_out_channels = {64},
+        .layers_per_block = 1, .norm_num_groups = 32, .scaling_factor = 0.18215f, .shift_factor = 0,
+        .use_quant_conv = true, .use_post_quant_conv = true, .mid_block_add_attention = true, .sample_size = 32,
+        .force_upcast = true,
+    };
+    if (!json_is_object(j)) return df_error(DF_EINVAL, "VAE config: not a JSON object");
+    const json_t *boc = json_object_get(j, "block_out_channels");
+    if (boc && !json_is_null(boc)) {
+        if (!json_is_array(boc) || json_array_size(boc) < 1)
+            return df_error(DF_EINVAL, "VAE config block_out_channels: expected a non-empty list");
+        if (json_array_size(boc) > VAE_MAX_BLOCKS)
+            return df_error(DF_EUNSUPPORTED, "VAE config block_out_channels: %zu blocks (at most %d)",
+                            json_array_size(boc), VAE_MAX_BLOCKS);
+        c->n_blocks = (int)json_array_size(boc);
+        for (int i = 0; i < c->n_blocks; i++) {
+            const json_t *e = json_array_get(boc, (size_t)i);
+            if (!json_is_integer(e) || json_integer_value(e) < 1 || json_integer_value(e) > 1 << 20)
+                return df_error(DF_EINVAL, "VAE config block_out_channels[%d]: expected a positive integer", i);
+            c->block_out_channels[i] = (int)json_integer_value(e);
+        }
+    }
+    TRY(block_types(j, "down_block_types", "DownEncoderBlock2D", c->n_blocks));
+    TRY(block_types(j, "up_block_types", "UpDecoderBlock2D", c->n_blocks));
+    const json_t *act = json_object_get(j, "act_fn");
+    if (act && !json_is_null(act) && (!json_is_string(act) || strcmp(json_string_value(act), "silu") != 0))
+        return df_error(DF_EUNSUPPORTED, "VAE config act_fn = %s (only silu)",
+                        json_is_string(act) ? json_string_value(act) : "(not a string)");
+    static const struct { const char *key; size_t offset; } ints[] = {
+        {"in_channels", offsetof(struct vae_config, in_channels)},
+        {"out_channels", offsetof(struct vae_config, out_channels)},
+        {"latent_channels", offsetof(struct vae_config, latent_channels)},
+        {"layers_per_block", offsetof(struct vae_config, layers_per_block)},
+        {"norm_num_groups", offsetof(struct vae_config, norm_num_groups)},
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        TRY(json_int(j, ints[i].key, (int *)((char *)c + ints[i].offset)));
+    /* sample_size: an int or [height, width]; diffusers' tiling takes the first */
+    const json_t *ss = json_object_get(j, "sample_size");
+    if (json_is_array(ss)) ss = json_array_get(ss, 0);
+    if (ss && !json_is_null(ss)) {
+        if (!json_is_integer(ss) || json_integer_value(ss) < 1 || json_integer_value(ss) > 1 << 20)
+            return df_error(DF_EINVAL, "VAE config sample_size: expected a positive integer or a list of two");
+        c->sample_size = (int)json_integer_value(ss);
+    }
+    TRY(json_float(j, "scaling_factor", &c->scaling_factor));
+    TRY(json_float(j, "shift_factor", &c->shift_factor)); /* null: no shift */
+    if (!(c->scaling_factor > 0)) return df_error(DF_EINVAL, "VAE config scaling_factor = %g", c->scaling_factor);
+    static const char *const stats[] = {"latents_mean", "latents_std"};
+    for (size_t i = 0; i < 2; i++) {
+        const json_t *v = json_object_get(j, stats[i]);
+        if (v && !json_is_null(v))
+            return df_error(DF_EUNSUPPORTED, "VAE config %s is set (per-channel latent statistics are not "
+                            "implemented)", stats[i]);
+    }
+    static const struct { const char *key; size_t offset; } bools[] = {
+        {"force_upcast", offsetof(struct vae_config, force_upcast)},
+        {"use_quant_conv", offsetof(struct vae_config, use_quant_conv)},
+        {"use_post_quant_conv", offsetof(struct vae_config, use_post_quant_conv)},
+        {"mid_block_add_attention", offsetof(struct vae_config, mid_block_add_attention)},
+    };
+    for (size_t i = 0; i < sizeof bools / sizeof bools[0]; i++)
+        TRY(json_bool(j, bools[i].key, (bool *)((char *)c + bools[i].offset)));
+    return check_config(c);
 }
 
 int vae_scale(const struct vae_config *cfg) { return 1 << (cfg->n_blocks - 1); }
@@ -100,6 +224,7 @@ static df_status infer(const struct shape_source *s, const struct infer_names *n
     cfg->use_post_quant_conv = shape_of(s, nm->post_quant_conv, NULL);
     cfg->mid_block_add_attention = shape_of(s, nm->encoder_attn_q, NULL) || shape_of(s, nm->decoder_attn_q, NULL);
     cfg->norm_num_groups = 32; /* every released VAE; shapes cannot tell */
+    cfg->force_upcast = true;  /* diffusers' default */
     if (cfg->latent_channels == 16) {
         cfg->scaling_factor = 1.5305f; /* SD3 */
         cfg->shift_factor = 0.0609f;
@@ -269,11 +394,26 @@ static df_status load_all(struct weights *w, const struct vae_config *cfg, struc
     return load_decoder(w, cfg, &m->decoder);
 }
 
+static void first_leftover(const char *name, void *ctx) {
+    static const char *const parts[] = {"encoder.", "decoder.", "quant_conv.", "post_quant_conv."};
+    const char **first = ctx;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0] && !*first; i++)
+        if (strncmp(name, parts[i], strlen(parts[i])) == 0) *first = name;
+}
+
 df_status vae_load(struct weights *w, const struct vae_config *cfg, struct vae_model *out) {
     memset(out, 0, sizeof *out);
     out->cfg = *cfg;
     TRY(check_config(cfg));
     df_status st = load_all(w, cfg, out);
+    const char *left = NULL;
+    if (st == DF_OK) wts_report_unused(w, first_leftover, &left);
+    if (left)
+        /* the file holds more than the config describes */
+        st = df_error(DF_EFORMAT, "tensor \"%s\" is not part of the VAE as configured (%d blocks, layers_per_block "
+                      "%d, use_quant_conv %s, use_post_quant_conv %s, mid_block_add_attention %s)", left,
+                      cfg->n_blocks, cfg->layers_per_block, cfg->use_quant_conv ? "true" : "false",
+                      cfg->use_post_quant_conv ? "true" : "false", cfg->mid_block_add_attention ? "true" : "false");
     if (st != DF_OK) vae_free(out);
     return st;
 }
@@ -492,6 +632,30 @@ df_status vae_encode(struct cg_graph *g, const struct vae_model *m, struct cg_te
     if (c->use_quant_conv) x = conv(g, x, &m->quant_conv_weight, &m->quant_conv_bias, 0);
     *moments = x;
     return cg_status(g);
+}
+
+/* Plans one pass over a [1, C, h, w] input without running it. */
+static df_status pass_bytes(const struct vae_model *m, bool decode, int64_t h, int64_t w, uint64_t *bytes) {
+    struct cg_graph *g = NULL;
+    *bytes = 0;
+    TRY(cg_create(&g));
+    int64_t ne[4] = {1, decode ? m->cfg.latent_channels : m->cfg.in_channels, h, w};
+    struct cg_tensor *in = cg_input(g, "input", 4, ne), *out = NULL;
+    df_status st = decode ? vae_decode(g, m, in, &out) : vae_encode(g, m, in, &out);
+    if (st == DF_OK) {
+        cg_output(g, out);
+        st = cg_plan(g, bytes);
+    }
+    cg_destroy(g);
+    return st;
+}
+
+df_status vae_decode_bytes(void *vae, int64_t h, int64_t w, uint64_t *bytes) {
+    return pass_bytes(vae, true, h, w, bytes);
+}
+
+df_status vae_encode_bytes(void *vae, int64_t h, int64_t w, uint64_t *bytes) {
+    return pass_bytes(vae, false, h, w, bytes);
 }
 
 void vae_split_moments(const float *moments, int64_t b, int64_t c, int64_t h, int64_t w, float *mean_out,

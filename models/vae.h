@@ -4,6 +4,7 @@
 #ifndef DF_VAE_H
 #define DF_VAE_H
 
+#include <jansson.h>
 #include <stdbool.h>
 
 #include "compute/graph.h"
@@ -24,6 +25,8 @@ struct vae_config {
     bool use_quant_conv;          /* false for SD3 */
     bool use_post_quant_conv;     /* false for SD3 */
     bool mid_block_add_attention; /* true for every released VAE */
+    int sample_size;              /* image size it was trained at (diffusers' default tile); 0: unknown */
+    bool force_upcast;            /* fp16 overflows: decode in fp32 (SD1, SDXL; not the fp16-fix VAEs) */
 };
 
 struct vae_resnet_weights { /* ResnetBlock2D without time embedding */
@@ -78,6 +81,19 @@ struct vae_model {
     struct wt post_quant_conv_weight, post_quant_conv_bias; /* if use_post_quant_conv */
 };
 
+/* diffusers' AutoencoderKL config.json (vae/config.json). Reads every
+ * key AutoencoderKL takes; absent or null keys take diffusers' defaults
+ * (so block_out_channels [64], layers_per_block 1, norm_num_groups 32,
+ * scaling_factor 0.18215, shift_factor 0, sample_size 32, quant convs and
+ * mid attention on). Refuses, naming the key: a block type other than
+ * DownEncoderBlock2D / UpDecoderBlock2D, act_fn other than "silu", non-null
+ * latents_mean / latents_std (DF_EUNSUPPORTED); a wrongly typed or out-of-
+ * range value, block type lists whose length differs from
+ * block_out_channels, norm_num_groups not dividing every channel count
+ * (DF_EINVAL). Keys diffusers does not know (_class_name, ...) are ignored.
+ * Whether the config matches the weights is vae_load's to check. */
+df_status vae_config_from_json(const json_t *j, struct vae_config *cfg);
+
 /* Config from the weights' shapes (diffusers names; the encoder must be
  * there), for checkpoints that come without a config: block_out_channels
  * and layers_per_block from the encoder's resnets, latent channels from
@@ -92,8 +108,12 @@ df_status vae_infer_config(const struct weights *w, struct vae_config *cfg);
 df_status vae_ldm_infer_config(const struct st_file *f, const char *prefix, struct vae_config *cfg);
 
 /* Takes the weights under diffusers names ("encoder.*", "decoder.*",
- * "quant_conv.*", "post_quant_conv.*"); a missing or mis-shaped tensor is
- * an error naming it. */
+ * "quant_conv.*", "post_quant_conv.*"). A config that contradicts the
+ * weights fails (DF_EFORMAT) naming the tensor: one missing, one whose
+ * shape differs (both shapes in the message), or one under those names
+ * left over (too few layers_per_block or blocks, use_quant_conv false
+ * for a file that has quant_conv, ...). Tensors under other names are
+ * the caller's business. */
 df_status vae_load(struct weights *w, const struct vae_config *cfg, struct vae_model *out);
 void vae_free(struct vae_model *m);
 
@@ -115,6 +135,13 @@ df_status vae_decode(struct cg_graph *g, const struct vae_model *m, struct cg_te
  * (sizes rounded as the strided convs do): the encoder then quant_conv. */
 df_status vae_encode(struct cg_graph *g, const struct vae_model *m, struct cg_tensor *image,
                      struct cg_tensor **moments);
+
+/* Activation arena bytes of one decode of a latent [1, latent_channels,
+ * h, w] / one encode of an image [1, in_channels, h, w] (image px): plans
+ * the graph, runs nothing. `vae` is a const struct vae_model *; the
+ * signature is vae_tile_bytes_fn's, for vae_tiles_pick. */
+df_status vae_decode_bytes(void *vae, int64_t h, int64_t w, uint64_t *bytes);
+df_status vae_encode_bytes(void *vae, int64_t h, int64_t w, uint64_t *bytes);
 
 /* Host side of DiagonalGaussianDistribution: moments [B, 2C, h, w] -> mean
  * [B, C, h, w] and logvar clamped to [-30, 20]. */

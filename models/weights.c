@@ -124,38 +124,49 @@ static bool is_float(enum st_dtype dt) {
     return dt == ST_F32 || dt == ST_F16 || dt == ST_BF16 || dt == ST_F64;
 }
 
-static df_status upload(struct weights *w, const struct st_file *f, const struct st_tensor *t, struct entry *e) {
-    enum dtype dt = w->prec == WTS_F16 && t->ndim >= 2 ? DT_F16 : DT_F32;
+/* Device dtype of a stored tensor: fp16 mode keeps vectors fp32. */
+static enum dtype device_dtype(const struct weights *w, int ndim) {
+    return w->prec == WTS_F16 && ndim >= 2 ? DT_F16 : DT_F32;
+}
+
+/* The whole stored tensor in dtype `dt` in host memory: the mapping itself
+ * when it already is, else a copy the caller frees. */
+static df_status host_copy(const struct st_tensor *t, enum dtype dt, void **out) {
     uint64_t n = (uint64_t)t->numel;
-    uint64_t bytes = n * (dt == DT_F16 ? 2 : 4);
-    void *host = NULL;
-    df_status st;
     if (dt == DT_F16 && t->dtype == ST_F16) {
-        host = (void *)t->data; /* already in the target format */
-    } else {
-        float *f32 = malloc(n ? n * 4 : 4);
-        if (!f32) return df_error(DF_ENOMEM, "tensor \"%s\": out of host memory", t->name);
-        if ((st = st_to_f32(t, f32)) != DF_OK) {
-            free(f32);
-            return df_error(st, "tensor \"%s\": %s", t->name, df_errmsg());
-        }
-        host = f32;
-        if (dt == DT_F16) {
-            uint16_t *h = malloc(n ? n * 2 : 2);
-            if (!h) {
-                free(f32);
-                return df_error(DF_ENOMEM, "tensor \"%s\": out of host memory", t->name);
-            }
-            for (uint64_t i = 0; i < n; i++) h[i] = st_float_to_half(f32[i]);
-            free(f32);
-            host = h;
-        }
+        *out = (void *)t->data;
+        return DF_OK;
     }
+    float *f32 = malloc(n ? n * 4 : 4);
+    if (!f32) return df_error(DF_ENOMEM, "tensor \"%s\": out of host memory", t->name);
+    df_status st = st_to_f32(t, f32);
+    if (st != DF_OK) {
+        free(f32);
+        return df_error(st, "tensor \"%s\": %s", t->name, df_errmsg());
+    }
+    if (dt == DT_F32) {
+        *out = f32;
+        return DF_OK;
+    }
+    uint16_t *h = malloc(n ? n * 2 : 2);
+    if (!h) {
+        free(f32);
+        return df_error(DF_ENOMEM, "tensor \"%s\": out of host memory", t->name);
+    }
+    for (uint64_t i = 0; i < n; i++) h[i] = st_float_to_half(f32[i]);
+    free(f32);
+    *out = h;
+    return DF_OK;
+}
+
+/* Uploads `numel` values of dtype `dt` at `host` into a slot of their own. */
+static df_status upload(struct weights *w, const void *host, enum dtype dt, int64_t numel, struct entry *e) {
+    uint64_t bytes = (uint64_t)numel * (dt == DT_F16 ? 2 : 4);
     struct buf *b = NULL;
     uint64_t off = 0;
     /* round up so fp16 tensors of odd length still write whole words */
     uint64_t padded = (bytes + 3) & ~3ull;
-    st = reserve(w, padded, &b, &off);
+    df_status st = reserve(w, padded, &b, &off);
     if (st == DF_OK) {
         if (padded != bytes) {
             uint8_t tail[4] = {0};
@@ -166,14 +177,12 @@ static df_status upload(struct weights *w, const struct st_file *f, const struct
             st = buf_write(b, off, host, bytes);
         }
     }
-    if (host != t->data) free(host);
-    if (st != DF_OK) return df_error(st, "uploading tensor \"%s\": %s", t->name, df_errmsg());
-    st_release(f, t);
+    if (st != DF_OK) return df_error(st, "uploading tensor \"%s\": %s", e->name, df_errmsg());
     e->wt.buf = b;
     e->wt.offset = off;
     e->wt.dtype = dt;
     e->on_device = true;
-    w->params += t->numel;
+    w->params += numel;
     return DF_OK;
 }
 
@@ -202,58 +211,138 @@ static void rename_key(const char *name, const struct wts_rename *r, int n, char
     else snprintf(out, cap, "%s%s", m->to, rest);
 }
 
-df_status wts_load(struct weights *w, const struct st_file *f, const char *prefix,
-                   const struct wts_rename *renames, int n) {
+/* Adds `name` with shape (ndim, ne); uploads `host` (dtype dt) unless NULL. */
+static df_status add(struct weights *w, const char *name, const char *stored, int ndim, const int64_t *ne,
+                     const void *host, enum dtype dt) {
+    if (find(w, name) >= 0) return df_error(DF_EFORMAT, "tensor \"%s\" (from \"%s\") appears twice", name, stored);
+    if (w->n == w->cap) {
+        int cap = w->cap ? w->cap * 2 : 256;
+        struct entry *e = realloc(w->entries, (size_t)cap * sizeof *e);
+        if (!e) return df_error(DF_ENOMEM, "out of memory");
+        w->entries = e;
+        w->cap = cap;
+    }
+    struct entry *e = &w->entries[w->n];
+    memset(e, 0, sizeof *e);
+    e->name = strdup(name);
+    if (!e->name) return df_error(DF_ENOMEM, "out of memory");
+    e->wt.name = e->name;
+    e->wt.ndim = ndim;
+    int64_t numel = 1;
+    for (int d = 0; d < ndim; d++) {
+        e->wt.ne[d] = ne[d];
+        numel *= ne[d];
+    }
+    if (host) {
+        df_status st = upload(w, host, dt, numel, e);
+        if (st != DF_OK) {
+            free(e->name);
+            return st;
+        }
+    }
+    w->n++;
+    if (w->n * 2 > w->table_size) return rehash(w, w->table_size ? w->table_size * 2 : 512);
+    uint32_t h = hash(name) & (uint32_t)(w->table_size - 1);
+    while (w->table[h] >= 0) h = (h + 1) & (uint32_t)(w->table_size - 1);
+    w->table[h] = w->n - 1;
+    return DF_OK;
+}
+
+static bool ends_with(const char *s, const char *end) {
+    size_t a = strlen(s), b = strlen(end);
+    return a >= b && strcmp(s + a - b, end) == 0;
+}
+
+/* Name, shape and byte range of what `d` makes of stored tensor t (renamed
+ * `name`); *tmp gets a transposed copy of host when one is needed. */
+static df_status derive_one(const struct wts_derive *d, const struct st_tensor *t, const char *name, char *out,
+                            size_t cap, int64_t *ne, const void *host, size_t elem, const void **data, void **tmp) {
+    *tmp = NULL;
+    snprintf(out, cap, "%.*s%s", (int)(strlen(name) - strlen(d->from)), name, d->to);
+    for (int i = 0; i < t->ndim; i++) ne[i] = t->shape[i];
+    *data = host;
+    if (d->op == WTS_ROWS) {
+        if (t->ndim < 1 || d->parts <= 0 || d->part < 0 || d->part >= d->parts || t->shape[0] % d->parts)
+            return df_error(DF_EFORMAT, "tensor \"%s\": %lld rows do not split into %d blocks for \"%s\"", t->name,
+                            (long long)(t->ndim ? t->shape[0] : 0), d->parts, out);
+        ne[0] = t->shape[0] / d->parts;
+        if (host) *data = (const uint8_t *)host + (size_t)(t->numel / d->parts * d->part) * elem;
+        return DF_OK;
+    }
+    if (t->ndim != 2)
+        return df_error(DF_EFORMAT, "tensor \"%s\" has %d dims, cannot transpose it to \"%s\"", t->name, t->ndim,
+                        out);
+    ne[0] = t->shape[1];
+    ne[1] = t->shape[0];
+    if (!host) return DF_OK;
+    size_t rows = (size_t)t->shape[0], cols = (size_t)t->shape[1];
+    uint8_t *x = malloc(rows * cols * elem + 1);
+    if (!x) return df_error(DF_ENOMEM, "tensor \"%s\": out of host memory", t->name);
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++)
+            memcpy(x + (c * rows + r) * elem, (const uint8_t *)host + (r * cols + c) * elem, elem);
+    *data = *tmp = x;
+    return DF_OK;
+}
+
+/* Device bytes (block-aligned) the stored tensor t takes once derived. */
+static uint64_t stored_bytes(const struct weights *w, const struct st_tensor *t, const char *name,
+                             const struct wts_derive *derive, int nd) {
+    uint64_t bytes = (uint64_t)t->numel * (device_dtype(w, t->ndim) == DT_F16 ? 2 : 4), total = 0;
+    int k = 0;
+    for (int i = 0; i < nd; i++)
+        if (ends_with(name, derive[i].from)) {
+            uint64_t part = derive[i].op == WTS_ROWS && derive[i].parts > 0 ? bytes / (uint64_t)derive[i].parts : bytes;
+            total += (part + 3 + ALIGN - 1) / ALIGN * ALIGN;
+            k++;
+        }
+    return k ? total : (bytes + 3 + ALIGN - 1) / ALIGN * ALIGN;
+}
+
+df_status wts_load_derived(struct weights *w, const struct st_file *f, const char *prefix,
+                           const struct wts_rename *renames, int n, const struct wts_derive *derive, int nd) {
     size_t plen = prefix ? strlen(prefix) : 0;
+    char name[512], out[600];
     w->pending = 0;
     for (size_t i = 0; i < st_count(f); i++) {
         const struct st_tensor *t = st_at(f, i);
         if ((!plen || strncmp(t->name, prefix, plen) == 0) && is_float(t->dtype) && t->numel > 0) {
-            uint64_t bytes = (uint64_t)t->numel * (w->prec == WTS_F16 && t->ndim >= 2 ? 2 : 4);
-            w->pending += (bytes + 3 + ALIGN - 1) / ALIGN * ALIGN;
+            rename_key(t->name, renames, n, name, sizeof name);
+            w->pending += stored_bytes(w, t, name, derive, nd);
         }
     }
     for (size_t i = 0; i < st_count(f); i++) {
         const struct st_tensor *t = st_at(f, i);
         if (plen && strncmp(t->name, prefix, plen) != 0) continue;
-        char name[512];
         rename_key(t->name, renames, n, name, sizeof name);
-        if (find(w, name) >= 0)
-            return df_error(DF_EFORMAT, "tensor \"%s\" (from \"%s\") appears twice", name, t->name);
         if (t->ndim > CG_MAX_DIMS)
             return df_error(DF_EFORMAT, "tensor \"%s\" has %d dims", t->name, t->ndim);
-        if (w->n == w->cap) {
-            int cap = w->cap ? w->cap * 2 : 256;
-            struct entry *e = realloc(w->entries, (size_t)cap * sizeof *e);
-            if (!e) return df_error(DF_ENOMEM, "out of memory");
-            w->entries = e;
-            w->cap = cap;
+        enum dtype dt = device_dtype(w, t->ndim);
+        void *host = NULL;
+        df_status st = DF_OK;
+        if (is_float(t->dtype) && t->numel > 0 && (st = host_copy(t, dt, &host)) != DF_OK) return st;
+        int made = 0;
+        for (int k = 0; k < nd && st == DF_OK; k++) {
+            if (!ends_with(name, derive[k].from)) continue;
+            int64_t ne[CG_MAX_DIMS];
+            const void *data;
+            void *tmp;
+            st = derive_one(&derive[k], t, name, out, sizeof out, ne, host, dt == DT_F16 ? 2 : 4, &data, &tmp);
+            if (st == DF_OK) st = add(w, out, t->name, t->ndim, ne, host ? data : NULL, dt);
+            free(tmp);
+            made++;
         }
-        struct entry *e = &w->entries[w->n];
-        memset(e, 0, sizeof *e);
-        e->name = strdup(name);
-        if (!e->name) return df_error(DF_ENOMEM, "out of memory");
-        e->wt.name = e->name;
-        e->wt.ndim = t->ndim;
-        for (int d = 0; d < t->ndim; d++) e->wt.ne[d] = t->shape[d];
-        if (is_float(t->dtype) && t->numel > 0) {
-            df_status st = upload(w, f, t, e);
-            if (st != DF_OK) {
-                free(e->name);
-                return st;
-            }
-        }
-        w->n++;
-        if (w->n * 2 > w->table_size) {
-            df_status st = rehash(w, w->table_size ? w->table_size * 2 : 512);
-            if (st != DF_OK) return st;
-        } else {
-            uint32_t h = hash(name) & (uint32_t)(w->table_size - 1);
-            while (w->table[h] >= 0) h = (h + 1) & (uint32_t)(w->table_size - 1);
-            w->table[h] = w->n - 1;
-        }
+        if (!made && st == DF_OK) st = add(w, name, t->name, t->ndim, t->shape, host, dt);
+        if (host != t->data) free(host);
+        if (st != DF_OK) return st;
+        if (host) st_release(f, t);
     }
     return DF_OK;
+}
+
+df_status wts_load(struct weights *w, const struct st_file *f, const char *prefix,
+                   const struct wts_rename *renames, int n) {
+    return wts_load_derived(w, f, prefix, renames, n, NULL, 0);
 }
 
 static int squeezed(int ndim, const int64_t *ne) {

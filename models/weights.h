@@ -41,6 +41,23 @@ struct wts_rename {
     const struct wts_rename *tail; /* NULL-terminated table, or NULL */
 };
 
+/* A weight stored in another form than model code takes it, made once at
+ * load: a stored tensor whose (renamed) name ends in `from` is replaced by
+ * the tensor named with `to` in place of that ending. Several entries with
+ * the same `from` split one stored tensor into several (OpenCLIP packs the
+ * q, k and v projections into one [3D, D] matrix). */
+enum wts_op {
+    WTS_ROWS,      /* rows [part*R/parts, (part+1)*R/parts) of dim 0, R rows */
+    WTS_TRANSPOSE, /* the transpose of a 2-D tensor */
+};
+
+struct wts_derive {
+    const char *from;
+    const char *to;
+    enum wts_op op;
+    int part, parts; /* WTS_ROWS only */
+};
+
 struct weights;
 
 df_status wts_create(struct device *dev, enum wts_precision prec, struct weights **out);
@@ -50,6 +67,11 @@ void wts_destroy(struct weights *w);
  * renamed by `renames` (count n; a name no entry matches is kept as is). */
 df_status wts_load(struct weights *w, const struct st_file *f, const char *prefix,
                    const struct wts_rename *renames, int n);
+/* wts_load, with stored tensors reshaped through `derive` (count nd) after
+ * renaming. A tensor whose shape does not allow the operation (rows that
+ * do not split evenly, a transpose of a non-matrix) is an error naming it. */
+df_status wts_load_derived(struct weights *w, const struct st_file *f, const char *prefix,
+                           const struct wts_rename *renames, int n, const struct wts_derive *derive, int nd);
 
 /* Required weight `name` with the given shape (a trailing run of 1s is
  * ignored, so LDM's [C, C, 1, 1] attention convs fit [C, C] linears). */

@@ -43,21 +43,36 @@ static df_status wrong_type(struct api_error *e, const char *key, const char *wa
     return api_fail(e, 400, "invalid_type", key, "%s must be %s", key, want);
 }
 
-df_status api_int(const json_t *obj, const char *key, long long *out, struct api_error *e) {
-    const json_t *v = field(obj, key);
-    if (!v) return DF_OK;
+/* Integers, and integral reals (512.0). */
+static bool as_int(const json_t *v, long long *out) {
     if (json_is_integer(v)) {
         *out = json_integer_value(v);
-        return DF_OK;
+        return true;
     }
-    if (json_is_real(v)) {
-        double d = json_real_value(v);
-        if (d == floor(d) && fabs(d) < 9e15) {
-            *out = (long long)d;
-            return DF_OK;
-        }
-    }
+    double d = json_is_real(v) ? json_real_value(v) : 0.5;
+    if (d != floor(d) || fabs(d) >= 9e15) return false;
+    *out = (long long)d;
+    return true;
+}
+
+df_status api_int(const json_t *obj, const char *key, long long *out, struct api_error *e) {
+    const json_t *v = field(obj, key);
+    if (!v || as_int(v, out)) return DF_OK;
     return wrong_type(e, key, "an integer");
+}
+
+/* [a, b] of integers (SDXL's sizes and crop coordinates), each clamped to
+ * what an int holds so the range check names the field. */
+static df_status api_int_pair(const json_t *obj, const char *key, int out[2], struct api_error *e) {
+    const json_t *v = field(obj, key);
+    if (!v) return DF_OK;
+    if (!json_is_array(v) || json_array_size(v) != 2) return wrong_type(e, key, "an array of two integers");
+    for (int k = 0; k < 2; k++) {
+        long long x;
+        if (!as_int(json_array_get(v, (size_t)k), &x)) return wrong_type(e, key, "an array of two integers");
+        out[k] = x < -1000000 ? -1000000 : x > 1000000 ? 1000000 : (int)x;
+    }
+    return DF_OK;
 }
 
 df_status api_number(const json_t *obj, const char *key, double *out, struct api_error *e) {
@@ -176,32 +191,46 @@ df_status api_init_image(const struct api_ctx *app, const char *b64, int w, int 
 }
 
 df_status api_check_params(const struct api_ctx *app, const struct job_params *p, bool img2img, struct api_error *e) {
+    const struct pipe_request *r = &p->req;
     const struct config *c = app->cfg;
     const struct model *m = app->models[p->model].m;
-    int align = vae_scale(&m->vae.cfg) << (m->unet.cfg.levels - 1); /* every UNet level halves the latent */
-    if (p->width < align || p->width > c->max_width || p->width % align)
-        return api_fail(e, 422, "out_of_range", "width", "width %d: must be a multiple of %d in %d..%d", p->width,
+    int align = m->family->size_align(m), max_skip = m->family->max_clip_skip(m);
+    if (r->width < align || r->width > c->max_width || r->width % align)
+        return api_fail(e, 422, "out_of_range", "width", "width %d: must be a multiple of %d in %d..%d", r->width,
                         align, align, c->max_width);
-    if (p->height < align || p->height > c->max_height || p->height % align)
+    if (r->height < align || r->height > c->max_height || r->height % align)
         return api_fail(e, 422, "out_of_range", "height", "height %d: must be a multiple of %d in %d..%d",
-                        p->height, align, align, c->max_height);
-    if (p->steps < 1 || p->steps > c->max_steps)
-        return api_fail(e, 422, "out_of_range", "steps", "steps %d: must be in 1..%d", p->steps, c->max_steps);
-    if (p->batch < 1 || p->batch > c->max_batch)
-        return api_fail(e, 422, "out_of_range", "n", "%d images: must be in 1..%d", p->batch, c->max_batch);
-    if (!isfinite(p->cfg_scale) || p->cfg_scale < 0 || p->cfg_scale > 100)
-        return api_fail(e, 422, "out_of_range", "cfg_scale", "cfg_scale %g: must be in 0..100", p->cfg_scale);
-    if (p->clip_skip < 1 || p->clip_skip > m->clip.cfg.num_hidden_layers)
-        return api_fail(e, 422, "out_of_range", "clip_skip", "clip_skip %d: must be in 1..%d", p->clip_skip,
-                        m->clip.cfg.num_hidden_layers);
-    if (p->seed < -1) return api_fail(e, 422, "out_of_range", "seed", "seed must be >= 0, or -1 for a random one");
-    if (img2img && !(p->strength > 0 && p->strength <= 1))
-        return api_fail(e, 422, "out_of_range", "strength", "strength %g: must be in (0, 1]", p->strength);
+                        r->height, align, align, c->max_height);
+    if (r->steps < 1 || r->steps > c->max_steps)
+        return api_fail(e, 422, "out_of_range", "steps", "steps %d: must be in 1..%d", r->steps, c->max_steps);
+    if (r->batch < 1 || r->batch > c->max_batch)
+        return api_fail(e, 422, "out_of_range", "n", "%d images: must be in 1..%d", r->batch, c->max_batch);
+    if (!isfinite(r->cfg_scale) || r->cfg_scale < 0 || r->cfg_scale > 100)
+        return api_fail(e, 422, "out_of_range", "cfg_scale", "cfg_scale %g: must be in 0..100", r->cfg_scale);
+    if (r->clip_skip < 1 || r->clip_skip > max_skip)
+        return api_fail(e, 422, "out_of_range", "clip_skip", "clip_skip %d: must be in 1..%d", r->clip_skip, max_skip);
+    static const struct {
+        const char *name;
+        size_t offset;
+        int min;
+    } sizes[] = {{"original_size", offsetof(struct pipe_request, original_size), 1},
+                 {"crops_coords_top_left", offsetof(struct pipe_request, crops_coords_top_left), 0},
+                 {"target_size", offsetof(struct pipe_request, target_size), 1}};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) { /* 0 = the default */
+        const int *v = (const int *)((const char *)r + sizes[i].offset);
+        for (int k = 0; k < 2; k++)
+            if (v[k] && (v[k] < sizes[i].min || v[k] > 16384))
+                return api_fail(e, 422, "out_of_range", sizes[i].name, "%s[%d] %d: must be in %d..16384",
+                                sizes[i].name, k, v[k], sizes[i].min);
+    }
+    if (r->seed < -1) return api_fail(e, 422, "out_of_range", "seed", "seed must be >= 0, or -1 for a random one");
+    if (img2img && !(r->strength > 0 && r->strength <= 1))
+        return api_fail(e, 422, "out_of_range", "strength", "strength %g: must be in (0, 1]", r->strength);
     /* the sampler refuses some schedules (karras with DDIM) and step counts (LCM) */
     struct smp_config sc = m->scheduler;
-    if (p->schedule != SMP_SCHEDULE_DEFAULT) sc.schedule = p->schedule;
+    if (r->schedule != SMP_SCHEDULE_DEFAULT) sc.schedule = r->schedule;
     struct smp_sampler *s = NULL;
-    if (smp_create(p->sampler, &sc, p->steps, &s) != DF_OK)
+    if (smp_create(r->sampler, &sc, r->steps, &s) != DF_OK)
         return api_fail(e, 422, "unsupported", "sampler", "%s", df_errmsg());
     smp_destroy(s);
     return DF_OK;
@@ -299,6 +328,7 @@ void api_job_error(struct http_request *req, const struct job_status *st) {
 
 static json_t *job_json(const struct api_ctx *app, const struct job *j, const struct job_status *st) {
     const struct job_params *p = job_params(j);
+    const struct pipe_request *r = &p->req;
     char url[128];
     json_t *o = json_object();
     json_object_set_new(o, "id", json_string(job_id(j)));
@@ -315,12 +345,12 @@ static json_t *job_json(const struct api_ctx *app, const struct job *j, const st
                                                   st->error_message ? st->error_message : ""));
     json_object_set_new(o, "model", json_string(app->models[p->model].m->name));
     json_t *params = json_pack("{s:s, s:s, s:i, s:i, s:i, s:f, s:s, s:s, s:I, s:i, s:i, s:s}", "prompt",
-                               p->prompt, "negative_prompt", p->negative_prompt ? p->negative_prompt : "", "width",
-                               p->width, "height", p->height, "steps", p->steps, "cfg_scale", (double)p->cfg_scale,
-                               "sampler", smp_kind_name(p->sampler), "schedule", smp_schedule_name(p->schedule),
-                               "seed", (json_int_t)p->seed, "n", p->batch, "clip_skip", p->clip_skip, "rng",
-                               p->rng == RNG_TORCH_CPU ? "torch" : "philox");
-    if (params && p->init_image) json_object_set_new(params, "strength", json_real(p->strength));
+                               r->prompt, "negative_prompt", r->negative_prompt ? r->negative_prompt : "", "width",
+                               r->width, "height", r->height, "steps", r->steps, "cfg_scale", (double)r->cfg_scale,
+                               "sampler", smp_kind_name(r->sampler), "schedule", smp_schedule_name(r->schedule),
+                               "seed", (json_int_t)r->seed, "n", r->batch, "clip_skip", r->clip_skip, "rng",
+                               r->rng == RNG_TORCH_CPU ? "torch" : "philox");
+    if (params && r->init_image) json_object_set_new(params, "strength", json_real(r->strength));
     json_object_set_new(o, "parameters", params ? params : json_null());
     if (st->state == JOB_DONE) {
         json_t *imgs = json_array(), *seeds = json_array();
@@ -342,7 +372,7 @@ static json_t *job_json(const struct api_ctx *app, const struct job *j, const st
     json_object_set_new(t, "run_seconds", json_real(st->run_seconds));
     if (st->state == JOB_DONE) {
         json_object_set_new(t, "text_seconds", json_real(st->seconds_text));
-        if (p->init_image) json_object_set_new(t, "encode_seconds", json_real(st->seconds_encode));
+        if (r->init_image) json_object_set_new(t, "encode_seconds", json_real(st->seconds_encode));
         json_object_set_new(t, "denoise_seconds", json_real(st->seconds_denoise));
         json_object_set_new(t, "decode_seconds", json_real(st->seconds_decode));
     }
@@ -358,13 +388,6 @@ static json_t *job_json(const struct api_ctx *app, const struct job *j, const st
 
 /* ---- /generate, /jobs ----------------------------------------------------------- */
 
-static void params_clear(struct job_params *p) {
-    free(p->prompt);
-    free(p->negative_prompt);
-    free(p->init_image);
-    memset(p, 0, sizeof *p);
-}
-
 static char *dup_str(const char *s) {
     char *d = strdup(s ? s : "");
     if (!d) abort(); /* a few bytes; the body that holds them was allocated */
@@ -374,6 +397,7 @@ static char *dup_str(const char *s) {
 /* Reads a native request body into *p (fields and defaults in docs/API.md). */
 static df_status parse_native(struct api_ctx *app, struct http_request *req, struct job_params *p,
                               struct api_error *e) {
+    struct pipe_request *r = &p->req;
     size_t len;
     const char *body = http_body(req, &len);
     json_error_t jerr;
@@ -382,7 +406,7 @@ static df_status parse_native(struct api_ctx *app, struct http_request *req, str
                             jerr.line, jerr.column);
     df_status st = DF_EINVAL;
     memset(p, 0, sizeof *p);
-    const char *prompt = "", *neg = "", *sampler = "euler", *schedule = NULL, *rng = "torch", *model = NULL,
+    const char *prompt = "", *neg = NULL, *sampler = "euler", *schedule = NULL, *rng = "torch", *model = NULL,
                *init = NULL;
     long long width = 512, height = 512, steps = 20, seed = -1, n = 1, clip_skip = 1;
     double cfg_scale = 7.0, strength = 0.75;
@@ -396,34 +420,37 @@ static df_status parse_native(struct api_ctx *app, struct http_request *req, str
         api_string(o, "schedule", &schedule, e) || api_string(o, "scheduler", &schedule, e) ||
         api_int(o, "seed", &seed, e) || api_int(o, "n", &n, e) || api_int(o, "batch_size", &n, e) ||
         api_int(o, "clip_skip", &clip_skip, e) || api_string(o, "rng", &rng, e) || api_string(o, "model", &model, e) ||
-        api_string(o, "init_image", &init, e) || api_number(o, "strength", &strength, e)) /* any != DF_OK */
+        api_string(o, "init_image", &init, e) || api_number(o, "strength", &strength, e) ||
+        api_int_pair(o, "original_size", r->original_size, e) ||
+        api_int_pair(o, "crops_coords_top_left", r->crops_coords_top_left, e) ||
+        api_int_pair(o, "target_size", r->target_size, e)) /* any != DF_OK */
         goto done;
     /* clamp before narrowing to int; the range checks then name the field */
 #define CLAMP(v) ((v) < -1000000 ? -1000000 : (v) > 1000000 ? 1000000 : (int)(v))
-    p->width = CLAMP(width);
-    p->height = CLAMP(height);
-    p->steps = CLAMP(steps);
-    p->batch = CLAMP(n);
-    p->clip_skip = CLAMP(clip_skip);
+    r->width = CLAMP(width);
+    r->height = CLAMP(height);
+    r->steps = CLAMP(steps);
+    r->batch = CLAMP(n);
+    r->clip_skip = CLAMP(clip_skip);
 #undef CLAMP
-    p->cfg_scale = (float)cfg_scale;
-    p->seed = seed;
-    p->strength = (float)strength;
+    r->cfg_scale = (float)cfg_scale;
+    r->seed = seed;
+    r->strength = (float)strength;
     p->origin = JOB_ORIGIN_NATIVE;
     if (model && api_model_lookup(app, model, "model", &p->model, e) != DF_OK) goto done;
-    if (api_sampler(sampler, schedule, "sampler", "schedule", &p->sampler, &p->schedule, e) != DF_OK) goto done;
-    if (rng_kind_from_name(rng, &p->rng) != DF_OK) {
+    if (api_sampler(sampler, schedule, "sampler", "schedule", &r->sampler, &r->schedule, e) != DF_OK) goto done;
+    if (rng_kind_from_name(rng, &r->rng) != DF_OK) {
         api_fail(e, 422, "unknown_rng", "rng", "rng \"%.40s\": use torch (cpu) or philox (gpu, A1111's default)", rng);
         goto done;
     }
     if (api_check_params(app, p, init != NULL, e) != DF_OK) goto done;
-    p->prompt = dup_str(prompt);
-    p->negative_prompt = dup_str(neg);
-    if (init && api_init_image(app, init, p->width, p->height, "init_image", &p->init_image, e) != DF_OK) goto done;
+    r->prompt = dup_str(prompt);
+    r->negative_prompt = neg ? dup_str(neg) : NULL; /* none given: SDXL may use zeros */
+    if (init && api_init_image(app, init, r->width, r->height, "init_image", &r->init_image, e) != DF_OK) goto done;
     st = DF_OK;
 done:
     json_decref(o);
-    if (st != DF_OK) params_clear(p);
+    if (st != DF_OK) job_params_free(p);
     return st;
 }
 
@@ -802,9 +829,14 @@ static void route_models(struct api_ctx *app, struct http_request *req) {
     json_t *arr = json_array();
     for (int i = 0; i < app->n_models; i++) {
         const struct model *m = app->models[i].m;
-        json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:s, s:b}", "name", m->name, "title",
+        enum smp_prediction p = m->scheduler.prediction_type;
+        /* scheduler_config.json's words; AUTO is the samplers' epsilon */
+        const char *pred = p == SMP_PRED_V ? "v_prediction" : p == SMP_PRED_SAMPLE ? "sample"
+                         : p == SMP_PRED_FLOW ? "flow" : "epsilon";
+        json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:b}", "name", m->name, "title",
                                              app->models[i].title, "hash", m->hash, "family",
-                                             ckpt_family_name(m->family), "layout", m->layout ? m->layout : "",
+                                             m->family->name, "layout", m->layout ? m->layout : "",
+                                             "prediction", pred, "prediction_source", m->prediction_source,
                                              "default", i == 0));
     }
     http_respond_json(req, 200, json_pack("{s:s, s:o}", "default", app->models[0].m->name, "models", arr));

@@ -3,6 +3,7 @@
 #include "config.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -32,16 +33,14 @@ static const struct key keys[] = {
      "TCP port (7860 is A1111's, so its clients find us; 0 = any free port)"},
     {"model", K_MODEL, 0, NULL, 0, 0, "PATH",
      "model: single-file checkpoint or diffusers folder; repeat for more, the first is the default"},
-    {"unet", K_COMPONENT, COMP(unet), NULL, 0, 0, "FILE", "UNet weights for the model named last (overrides its own)"},
-    {"vae", K_COMPONENT, COMP(vae), NULL, 0, 0, "FILE", "VAE weights for the model named last"},
-    {"text_encoder", K_COMPONENT, COMP(text_encoder), NULL, 0, 0, "FILE",
-     "CLIP text encoder weights for the model named last"},
-    {"unet_config", K_COMPONENT, COMP(unet_config), NULL, 0, 0, "FILE", "config.json of that UNet file (diffusers)"},
-    {"vae_config", K_COMPONENT, COMP(vae_config), NULL, 0, 0, "FILE", "config.json of that VAE file"},
-    {"text_encoder_config", K_COMPONENT, COMP(text_encoder_config), NULL, 0, 0, "FILE",
-     "config.json of that text encoder file (transformers)"},
+    /* here: one row per component of comp_table and one for its config.json
+     * (--unet FILE, --unet-config FILE, ...), made by all_keys() */
     {"scheduler_config", K_COMPONENT, COMP(scheduler_config), NULL, 0, 0, "FILE",
      "scheduler_config.json for the model named last"},
+    {"family", K_COMPONENT, COMP(family), NULL, 0, 0, "NAME",
+     "model family of the model named last when its files do not say: sd1, sd2 or sdxl"},
+    {"prediction", K_COMPONENT, COMP(prediction), NULL, 0, 0, "TYPE",
+     "prediction type of the model named last: epsilon or v (default: what the model says or implies)"},
     {"model_dir", K_STR, OFF(model_dir), NULL, 0, 0, "DIR", "directory relative model paths are taken from"},
     {"precision", K_PRECISION, OFF(precision), "fp16", 0, 0, "fp16|fp32", "weight precision on the device"},
     {"device", K_LIST, OFF(devices), NULL, 0, 0, "LIST",
@@ -64,6 +63,9 @@ static const struct key keys[] = {
     {"max_height", K_INT, OFF(max_height), "2048", 8, 16384, "N", "largest image height"},
     {"max_steps", K_INT, OFF(max_steps), "150", 1, 1000, "N", "most sampler steps per image"},
     {"max_batch", K_INT, OFF(max_batch), "8", 1, 64, "N", "most images per request"},
+    {"vae_tile_budget", K_SIZE, OFF(vae_tile_budget), "0", 0, (long long)1 << 50, "BYTES",
+     "activation memory a VAE pass may use before images are decoded in overlapping tiles (0 = 3/4 of the device's "
+     "largest allocation)"},
     {"max_image_pixels", K_SIZE, OFF(max_image_pixels), "16M", 64, (long long)1 << 32, "N",
      "largest init image a request may send, in pixels"},
     {"log_level", K_LOGLEVEL, OFF(log_level), "info", 0, 0, "LEVEL", "debug, info, warn or error"},
@@ -72,7 +74,38 @@ static const struct key keys[] = {
     {"http_threads", K_INT, OFF(http_threads), "4", 1, 256, "N", "HTTP event-loop threads"},
     {"validation", K_BOOL, OFF(validation), "false", 0, 0, "BOOL", "Vulkan validation layer (slow; for debugging)"},
 };
-#define NKEYS (sizeof keys / sizeof keys[0])
+#define NSTATIC (sizeof keys / sizeof keys[0])
+#define NKEYS (NSTATIC + 2 * COMP_COUNT)
+
+/* keys[] with the component rows inserted after "model": built once, then
+ * read-only like the table it extends. */
+static struct key key_rows[NKEYS];
+static char key_names[2 * COMP_COUNT][48], key_helps[2 * COMP_COUNT][128];
+static pthread_once_t key_once = PTHREAD_ONCE_INIT;
+
+static void build_keys(void) {
+    size_t n = 0;
+    for (size_t i = 0; i < NSTATIC; i++) {
+        key_rows[n++] = keys[i];
+        if (keys[i].type != K_MODEL) continue;
+        for (int c = 0; c < COMP_COUNT; c++)
+            for (int cfg = 0; cfg < 2; cfg++) {
+                int r = 2 * c + cfg;
+                snprintf(key_names[r], sizeof key_names[r], "%s%s", comp_table[c].name, cfg ? "_config" : "");
+                if (cfg) snprintf(key_helps[r], sizeof key_helps[r], "config.json of that %s file", comp_table[c].what);
+                else snprintf(key_helps[r], sizeof key_helps[r], "%s weights for the model named last (overrides its own)",
+                              comp_table[c].what);
+                key_rows[n++] = (struct key){key_names[r], K_COMPONENT,
+                                             (cfg ? COMP(component_config) : COMP(component)) + (size_t)c * sizeof(char *),
+                                             NULL, 0, 0, "FILE", key_helps[r]};
+            }
+    }
+}
+
+static const struct key *all_keys(void) {
+    pthread_once(&key_once, build_keys);
+    return key_rows;
+}
 
 /* Where a value comes from, for messages and the model-list rule. */
 struct layer {
@@ -103,13 +136,13 @@ static void free_list(char ***list, int *n) {
 
 static void free_model(struct cfg_model *m) {
     free(m->path);
-    free(m->unet);
-    free(m->vae);
-    free(m->text_encoder);
-    free(m->unet_config);
-    free(m->vae_config);
-    free(m->text_encoder_config);
+    for (int c = 0; c < COMP_COUNT; c++) {
+        free(m->component[c]);
+        free(m->component_config[c]);
+    }
     free(m->scheduler_config);
+    free(m->family);
+    free(m->prediction);
 }
 
 static void free_models(struct config *c) {
@@ -132,8 +165,9 @@ static const struct key *find_key(const char *name, size_t len) {
     if (len >= sizeof norm) return NULL;
     for (size_t i = 0; i < len; i++) norm[i] = name[i] == '-' ? '_' : (char)tolower((unsigned char)name[i]);
     norm[len] = 0;
+    const struct key *all = all_keys();
     for (size_t i = 0; i < NKEYS; i++)
-        if (strcmp(keys[i].name, norm) == 0) return &keys[i];
+        if (strcmp(all[i].name, norm) == 0) return &all[i];
     return NULL;
 }
 
@@ -313,7 +347,7 @@ static df_status load_env(struct config *c) {
     char name[96];
     struct layer l = {.c = c, .where = name};
     for (size_t i = 0; i < NKEYS; i++) {
-        const struct key *k = &keys[i];
+        const struct key *k = &all_keys()[i];
         size_t n = (size_t)snprintf(name, sizeof name, "DIFFUSIOND_");
         for (const char *p = k->name; *p && n + 1 < sizeof name; p++) name[n++] = (char)toupper((unsigned char)*p);
         name[n] = 0;
@@ -379,7 +413,7 @@ df_status cfg_load(int argc, char **argv, struct config *out, bool *help) {
     memset(out, 0, sizeof *out);
     *help = false;
     struct layer def = {.c = out, .where = "default"};
-    for (size_t i = 0; i < NKEYS; i++)
+    for (size_t i = 0; i < NSTATIC; i++)
         if (keys[i].def && set_key(&def, &keys[i], keys[i].def) != DF_OK) abort(); /* a bad table row */
 
     const char *file = getenv("DIFFUSIOND_CONFIG");
@@ -398,12 +432,10 @@ df_status cfg_load(int argc, char **argv, struct config *out, bool *help) {
     for (int i = 0; i < out->n_models; i++) {
         struct cfg_model *m = &out->models[i];
         resolve(out, &m->path);
-        resolve(out, &m->unet);
-        resolve(out, &m->vae);
-        resolve(out, &m->text_encoder);
-        resolve(out, &m->unet_config);
-        resolve(out, &m->vae_config);
-        resolve(out, &m->text_encoder_config);
+        for (int c = 0; c < COMP_COUNT; c++) {
+            resolve(out, &m->component[c]);
+            resolve(out, &m->component_config[c]);
+        }
         resolve(out, &m->scheduler_config);
     }
     const char *ns = getenv("NOTIFY_SOCKET");
@@ -429,7 +461,7 @@ void cfg_usage(FILE *f) {
                "line wins over the environment, which wins over the file.\n\n"
                "  --config FILE             config file (env DIFFUSIOND_CONFIG)\n");
     for (size_t i = 0; i < NKEYS; i++) {
-        const struct key *k = &keys[i];
+        const struct key *k = &all_keys()[i];
         char opt[64];
         snprintf(opt, sizeof opt, "--%s %s", k->name, k->arg);
         for (char *p = opt + 2; *p && *p != ' '; p++)

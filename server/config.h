@@ -8,10 +8,10 @@
  * `diffusiond serve --help` prints every key with its default (cfg_usage).
  *
  * Models: `model` may repeat; the first one is the default. A layer that
- * names a model replaces the model list of the layers below it. `unet`,
- * `vae` and `text_encoder` (and their `*_config` JSON files) override one
- * component of the model named last (or, with no model named at all, make
- * a model from component files).
+ * names a model replaces the model list of the layers below it. Each
+ * component of comp_table (`unet`, `vae`, `text_encoder`, ...) and its
+ * `*_config` JSON file override that component of the model named last (or,
+ * with no model named at all, make a model from component files).
  * Relative model paths are taken inside model_dir when it is set.
  *
  * This is the only module that reads the environment. */
@@ -23,15 +23,18 @@
 #include <stdio.h>
 
 #include "../common/status.h"
+#include "../models/family.h"
 #include "../models/weights.h"
 #include "log.h"
 
 struct cfg_model {
     char *path;          /* single file or diffusers folder; NULL = components only */
-    char *unet, *vae, *text_encoder;
+    char *component[COMP_COUNT]; /* per comp_table: overriding weight files */
     /* config.json files for component files, whose shapes cannot tell
      * everything (head counts), and a scheduler_config.json */
-    char *unet_config, *vae_config, *text_encoder_config, *scheduler_config;
+    char *component_config[COMP_COUNT], *scheduler_config;
+    char *family;        /* sd1, sd2, sdxl: for component files */
+    char *prediction;    /* epsilon or v: overrides the model's */
 };
 
 struct config {
@@ -53,6 +56,7 @@ struct config {
     size_t max_body_bytes;
     int max_width, max_height, max_steps, max_batch;
     size_t max_image_pixels;
+    size_t vae_tile_budget;      /* 0 = the pipeline's default */
     enum log_level log_level;
     double shutdown_grace_s;
     int http_threads;

@@ -160,10 +160,10 @@ static const char *status_code(df_status st) {
 
 /* ---- job objects -------------------------------------------------------- */
 
-static void params_free(struct job_params *p) {
-    free(p->prompt);
-    free(p->negative_prompt);
-    free(p->init_image);
+void job_params_free(struct job_params *p) {
+    free(p->req.prompt);
+    free(p->req.negative_prompt);
+    free(p->req.init_image);
     memset(p, 0, sizeof *p);
 }
 
@@ -174,7 +174,7 @@ void job_ref(struct job *j) { atomic_fetch_add(&j->refs, 1); }
 
 void job_unref(struct job *j) {
     if (!j || atomic_fetch_sub(&j->refs, 1) != 1) return;
-    params_free(&j->p);
+    job_params_free(&j->p);
     for (int i = 0; i < j->n_images; i++) {
         free(j->images[i].png);
         free(j->images[i].infotext);
@@ -307,21 +307,22 @@ static df_status encode_images(const struct job *j, const struct model *m, const
     df_status st = DF_OK;
     size_t px = (size_t)res->width * (size_t)res->height * 3;
     for (int i = 0; st == DF_OK && i < res->count; i++) {
+        const struct pipe_request *r = &j->p.req;
         struct info_params ip = {
-            .prompt = j->p.prompt,
-            .negative_prompt = j->p.negative_prompt,
-            .steps = j->p.steps,
-            .sampler = job_sampler_label(j->p.sampler),
-            .schedule_type = job_schedule_label(j->p.schedule),
-            .cfg_scale = j->p.cfg_scale,
+            .prompt = r->prompt,
+            .negative_prompt = r->negative_prompt,
+            .steps = r->steps,
+            .sampler = job_sampler_label(r->sampler),
+            .schedule_type = job_schedule_label(r->schedule),
+            .cfg_scale = r->cfg_scale,
             .seed = (int64_t)res->seeds[i],
             .width = res->width,
             .height = res->height,
             .model_hash = m->hash[0] ? m->hash : NULL,
             .model_name = m->name,
-            .denoising_strength = j->p.init_image ? j->p.strength : -1,
-            .clip_skip = j->p.clip_skip,
-            .rng = j->p.rng == RNG_TORCH_CPU ? "CPU" : NULL,
+            .denoising_strength = r->init_image ? r->strength : -1,
+            .clip_skip = r->clip_skip,
+            .rng = r->rng == RNG_TORCH_CPU ? "CPU" : NULL,
             .version = "diffusiond",
         };
         imgs[i].seed = res->seeds[i];
@@ -346,31 +347,12 @@ static void run_job(struct worker *w, struct job *j) {
     struct jobs *js = w->js;
     struct model *m = w->spec.models[j->p.model];
     struct run_ctx rc = {js, j};
-    struct pipe_request req = {
-        .prompt = j->p.prompt,
-        .negative_prompt = j->p.negative_prompt,
-        .width = j->p.width,
-        .height = j->p.height,
-        .steps = j->p.steps,
-        .batch = j->p.batch,
-        .cfg_scale = j->p.cfg_scale,
-        .sampler = j->p.sampler,
-        .schedule = j->p.schedule,
-        .seed = j->p.seed,
-        .clip_skip = j->p.clip_skip,
-        .rng = j->p.rng,
-        .init_image = j->p.init_image,
-        .init_width = j->p.width,
-        .init_height = j->p.height,
-        .strength = j->p.strength,
-        .progress = on_progress,
-        .progress_ctx = &rc,
-        .cancel = &j->cancel,
-    };
+    struct pipe_hooks hooks = {.progress = on_progress, .progress_ctx = &rc, .cancel = &j->cancel};
+    const struct pipe_request *req = &j->p.req;
     log_write(LOGL_INFO, j->id, "started on worker %d: %dx%d, %d steps, %d image(s), sampler %s, model %s", w->index,
-              j->p.width, j->p.height, j->p.steps, j->p.batch, smp_kind_name(j->p.sampler), m->name);
+              req->width, req->height, req->steps, req->batch, smp_kind_name(req->sampler), m->name);
     struct pipe_result res;
-    df_status st = pipe_generate(w->pw, m, &req, &res);
+    df_status st = pipe_generate(w->pw, m, req, &hooks, &res);
     struct job_image *imgs = NULL;
     if (st == DF_OK) st = encode_images(j, m, &res, &imgs);
     char msg[512];
@@ -500,6 +482,7 @@ df_status jobs_create(const struct jobs_config *cfg, const struct jobs_worker_sp
         w->spec = workers[i];
         w->healthy = true;
         st = pipe_worker_create(w->spec.dev, &w->pw);
+        if (st == DF_OK && cfg->vae_tile_budget) pipe_worker_set_vae_budget(w->pw, cfg->vae_tile_budget);
         if (st == DF_OK && pthread_create(&w->thread, NULL, worker_main, w) != 0)
             st = df_error(DF_ENOMEM, "cannot start a worker thread");
         w->started = st == DF_OK;
@@ -585,7 +568,7 @@ void jobs_destroy(struct jobs *js) {
 df_status jobs_submit(struct jobs *js, struct job_params *params, struct job **out) {
     struct job *j = calloc(1, sizeof *j);
     if (!j) {
-        params_free(params);
+        job_params_free(params);
         return df_error(DF_ENOMEM, "out of memory");
     }
     uint8_t rnd[16];
@@ -614,7 +597,7 @@ df_status jobs_submit(struct jobs *js, struct job_params *params, struct job **o
         if (full) js->rejected_full++;
         int queued = js->queued;
         pthread_mutex_unlock(&js->mu);
-        params_free(&j->p);
+        job_params_free(&j->p);
         free(j);
         if (full) return df_error(DF_ENOMEM, "the queue is full (%d jobs waiting)", queued);
         return df_error(DF_ECANCELLED, "the server is shutting down");

@@ -41,21 +41,18 @@ enum job_stop {
 
 enum job_origin { JOB_ORIGIN_NATIVE, JOB_ORIGIN_SDAPI };
 
-/* What to generate. Strings and init_image are owned by the job once
- * submitted (jobs_submit takes them even when it fails). */
+/* What to generate: the pipeline's request as the HTTP layer parsed it,
+ * and where it goes. The request's strings and init_image are owned by the
+ * job once submitted (jobs_submit takes them even when it fails). */
 struct job_params {
-    char *prompt, *negative_prompt;
-    int width, height, steps, batch, clip_skip;
-    float cfg_scale;
-    enum smp_kind sampler;
-    enum smp_schedule schedule;
-    int64_t seed;                /* -1 = random */
-    enum rng_kind rng;
-    float *init_image;           /* HWC RGB [0,1], already width x height; NULL = txt2img */
-    float strength;
+    struct pipe_request req;
     int model;                   /* index into the model table */
     enum job_origin origin;
 };
+
+/* Frees what a job_params owns and zeroes it (for requests that fail before
+ * they are submitted). */
+void job_params_free(struct job_params *p);
 
 struct job_image {
     uint8_t *png;
@@ -104,6 +101,7 @@ struct jobs_config {
     double job_timeout_s;        /* 0 = none */
     double result_ttl_s;
     int n_models;
+    uint64_t vae_tile_budget;    /* 0 = the pipeline's default */
 };
 
 df_status jobs_create(const struct jobs_config *cfg, const struct jobs_worker_spec *workers, int n_workers,

@@ -86,35 +86,36 @@ static void call_free(void *arg) {
 static json_t *info_json(const struct api_ctx *app, const struct job *job, const struct job_status *st,
                          int n_seeds) {
     const struct job_params *p = job_params(job);
+    const struct pipe_request *r = &p->req;
     const struct model *m = app->models[p->model].m;
     json_t *prompts = json_array(), *negs = json_array(), *seeds = json_array(), *subseeds = json_array(),
            *infotexts = json_array();
-    uint64_t seed0 = st->n_images ? st->images[0].seed : (uint64_t)(p->seed < 0 ? 0 : p->seed);
+    uint64_t seed0 = st->n_images ? st->images[0].seed : (uint64_t)(r->seed < 0 ? 0 : r->seed);
     for (int i = 0; i < n_seeds; i++) {
-        json_array_append_new(prompts, json_string(p->prompt));
-        json_array_append_new(negs, json_string(p->negative_prompt ? p->negative_prompt : ""));
+        json_array_append_new(prompts, json_string(r->prompt));
+        json_array_append_new(negs, json_string(r->negative_prompt ? r->negative_prompt : ""));
         json_array_append_new(seeds, json_integer((json_int_t)(seed0 + (uint64_t)i)));
         json_array_append_new(subseeds, json_integer(-1));
     }
     for (int i = 0; i < st->n_images; i++) json_array_append_new(infotexts, json_string(st->images[i].infotext));
     json_t *extra = json_object();
-    const char *sched = job_schedule_label(p->schedule);
+    const char *sched = job_schedule_label(r->schedule);
     json_object_set_new(extra, "Schedule type", json_string(sched ? sched : "Automatic"));
     char ts[16];
     timestamp(ts);
     json_t *o = json_pack("{s:s, s:o, s:s, s:o, s:I, s:o, s:i, s:o, s:i, s:i, s:i, s:s, s:f, s:i, s:i, s:b, s:n,"
                           " s:s, s:s, s:n, s:n, s:i, s:i, s:o, s:i, s:o, s:[], s:s, s:i, s:b, s:s}",
-                          "prompt", p->prompt, "all_prompts", prompts, "negative_prompt",
-                          p->negative_prompt ? p->negative_prompt : "", "all_negative_prompts", negs, "seed",
+                          "prompt", r->prompt, "all_prompts", prompts, "negative_prompt",
+                          r->negative_prompt ? r->negative_prompt : "", "all_negative_prompts", negs, "seed",
                           (json_int_t)seed0, "all_seeds", seeds, "subseed", -1, "all_subseeds", subseeds,
-                          "subseed_strength", 0, "width", p->width, "height", p->height, "sampler_name",
-                          job_sampler_label(p->sampler), "cfg_scale", (double)p->cfg_scale, "steps", p->steps,
-                          "batch_size", p->batch, "restore_faces", 0, "face_restoration_model", "sd_model_name",
+                          "subseed_strength", 0, "width", r->width, "height", r->height, "sampler_name",
+                          job_sampler_label(r->sampler), "cfg_scale", (double)r->cfg_scale, "steps", r->steps,
+                          "batch_size", r->batch, "restore_faces", 0, "face_restoration_model", "sd_model_name",
                           m->name, "sd_model_hash", m->hash, "sd_vae_name", "sd_vae_hash", "seed_resize_from_w", -1,
                           "seed_resize_from_h", -1, "extra_generation_params", extra, "index_of_first_image", 0,
-                          "infotexts", infotexts, "styles", "job_timestamp", ts, "clip_skip", p->clip_skip,
+                          "infotexts", infotexts, "styles", "job_timestamp", ts, "clip_skip", r->clip_skip,
                           "is_using_inpainting_conditioning", 0, "version", "diffusiond");
-    if (o) json_object_set_new(o, "denoising_strength", p->init_image ? json_real(p->strength) : json_null());
+    if (o) json_object_set_new(o, "denoising_strength", r->init_image ? json_real(r->strength) : json_null());
     return o;
 }
 
@@ -138,7 +139,7 @@ static void sd_done(struct api_ctx *app, struct http_request *req, struct job *j
         json_array_append_new(images, json_string(b64));
         free(b64);
     }
-    json_t *info = info_json(app, job, st, job_params(job)->batch);
+    json_t *info = info_json(app, job, st, job_params(job)->req.batch);
     char *info_text = info ? json_dumps(info, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
     json_decref(info);
     http_add_header(req, "X-Job-Id", job_id(job));
@@ -149,6 +150,7 @@ static void sd_done(struct api_ctx *app, struct http_request *req, struct job *j
 
 static df_status parse_sd(struct api_ctx *app, const json_t *o, bool img2img, struct job_params *p,
                           struct api_error *e) {
+    struct pipe_request *r = &p->req;
     const char *prompt = "", *neg = "", *sampler = NULL, *sampler_index = "Euler", *scheduler = NULL,
                *checkpoint = NULL, *randn = NULL;
     long long seed = -1, batch = 1, iters = 1, steps = 50, width = 512, height = 512;
@@ -175,39 +177,39 @@ static df_status parse_sd(struct api_ctx *app, const json_t *o, bool img2img, st
     memset(p, 0, sizeof *p);
     p->origin = JOB_ORIGIN_SDAPI;
     p->model = atomic_load(&app->sd_model);
-    p->rng = (enum rng_kind)atomic_load(&app->sd_rng);
+    r->rng = (enum rng_kind)atomic_load(&app->sd_rng);
     if (checkpoint && api_model_lookup(app, checkpoint, "override_settings.sd_model_checkpoint", &p->model, e) != DF_OK)
         return DF_EINVAL;
     if (randn) {
-        if (strcasecmp(randn, "CPU") == 0) p->rng = RNG_TORCH_CPU;
-        else if (strcasecmp(randn, "GPU") == 0) p->rng = RNG_PHILOX;
+        if (strcasecmp(randn, "CPU") == 0) r->rng = RNG_TORCH_CPU;
+        else if (strcasecmp(randn, "GPU") == 0) r->rng = RNG_PHILOX;
         else return api_fail(e, 422, "unsupported", "override_settings.randn_source",
                              "randn_source \"%.20s\": GPU and CPU are supported", randn);
     }
     if (api_sampler(sampler ? sampler : sampler_index, scheduler, sampler ? "sampler_name" : "sampler_index",
-                     "scheduler", &p->sampler, &p->schedule, e) != DF_OK) {
+                     "scheduler", &r->sampler, &r->schedule, e) != DF_OK) {
         if (e->status == 422) e->status = 404; /* A1111: "Sampler not found" */
         return DF_EINVAL;
     }
 #define CLAMP(v) ((v) < -1000000 ? -1000000 : (v) > 1000000 ? 1000000 : (int)(v))
-    p->width = CLAMP(width);
-    p->height = CLAMP(height);
-    p->steps = CLAMP(steps);
+    r->width = CLAMP(width);
+    r->height = CLAMP(height);
+    r->steps = CLAMP(steps);
     /* A1111: one image per seed, seed .. seed + batch_size * n_iter - 1 */
-    p->batch = batch < 1 || iters < 1 ? 0 : CLAMP((long long)CLAMP(batch) * CLAMP(iters));
-    p->clip_skip = clip_skip < 1 ? 1 : CLAMP(clip_skip); /* A1111 treats 0 as 1 */
+    r->batch = batch < 1 || iters < 1 ? 0 : CLAMP((long long)CLAMP(batch) * CLAMP(iters));
+    r->clip_skip = clip_skip < 1 ? 1 : CLAMP(clip_skip); /* A1111 treats 0 as 1 */
 #undef CLAMP
-    p->cfg_scale = (float)cfg;
-    p->seed = seed;
-    p->strength = img2img ? (float)strength : 0;
+    r->cfg_scale = (float)cfg;
+    r->seed = seed;
+    r->strength = img2img ? (float)strength : 0;
     if (api_check_params(app, p, img2img, e) != DF_OK) {
         if (e->field && strcmp(e->field, "n") == 0) e->field = "batch_size";
         if (e->field && strcmp(e->field, "strength") == 0) e->field = "denoising_strength";
         return DF_EINVAL;
     }
-    p->prompt = strdup(prompt);
-    p->negative_prompt = strdup(neg);
-    if (!p->prompt || !p->negative_prompt) return api_fail(e, 500, "out_of_memory", NULL, "out of memory");
+    r->prompt = strdup(prompt);
+    r->negative_prompt = strdup(neg);
+    if (!r->prompt || !r->negative_prompt) return api_fail(e, 500, "out_of_memory", NULL, "out of memory");
     if (img2img) {
         const json_t *imgs = json_object_get(o, "init_images");
         if (!json_is_array(imgs) || json_array_size(imgs) == 0)
@@ -216,7 +218,7 @@ static df_status parse_sd(struct api_ctx *app, const json_t *o, bool img2img, st
         if (!json_is_string(first))
             return api_fail(e, 422, "invalid_type", "init_images", "init_images[0] must be a string");
         const char *b64 = json_string_value(first);
-        if (api_init_image(app, b64, p->width, p->height, "init_images", &p->init_image, e) != DF_OK) return DF_EINVAL;
+        if (api_init_image(app, b64, r->width, r->height, "init_images", &r->init_image, e) != DF_OK) return DF_EINVAL;
     }
     return DF_OK;
 }
@@ -235,12 +237,11 @@ static void route_generate(struct api_ctx *app, struct http_request *req, bool i
         sd_error(req, &e);
         return;
     }
-    struct job_params p = {0};
+    struct job_params p;
+    memset(&p, 0, sizeof p);
     bool send = true;
     if (api_bool(o, "send_images", &send, &e) != DF_OK || parse_sd(app, o, img2img, &p, &e) != DF_OK) {
-        free(p.prompt);
-        free(p.negative_prompt);
-        free(p.init_image);
+        job_params_free(&p);
         json_decref(o);
         sd_error(req, &e);
         return;

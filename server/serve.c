@@ -76,36 +76,34 @@ static df_status load_models(struct server *s) {
     for (int d = 0; d < s->n_devices; d++)
         for (int i = 0; i < c->n_models; i++) {
             const struct cfg_model *cm = &c->models[i];
-            const char *what = cm->path ? cm->path : cm->unet ? cm->unet : "(components)";
+            const char *what = cm->path ? cm->path : cm->component[COMP_UNET] ? cm->component[COMP_UNET] : "(components)";
             struct model_options opt = {
-                .path = cm->path, .unet = cm->unet, .vae = cm->vae, .text_encoder = cm->text_encoder,
-                .precision = c->precision, .log = model_log, .log_ctx = (void *)what,
+                .path = cm->path, .family = cm->family, .scheduler_config = cm->scheduler_config,
+                .prediction = cm->prediction, .precision = c->precision, .log = model_log, .log_ctx = (void *)what,
             };
-            json_t *cfgs[3] = {NULL, NULL, NULL};
-            const char *files[3] = {cm->unet_config, cm->vae_config, cm->text_encoder_config};
+            json_t *cfgs[COMP_COUNT] = {NULL};
             df_status st = DF_OK;
-            for (int k = 0; k < 3 && st == DF_OK; k++) {
+            for (int k = 0; k < COMP_COUNT && st == DF_OK; k++) {
                 json_error_t je;
-                if (files[k] && !(cfgs[k] = json_load_file(files[k], 0, &je)))
-                    st = df_error(DF_EFORMAT, "%s: %s (line %d)", files[k], je.text, je.line);
+                const char *file = cm->component_config[k];
+                opt.component[k] = cm->component[k];
+                if (file && !(cfgs[k] = json_load_file(file, 0, &je)))
+                    st = df_error(DF_EFORMAT, "%s: %s (line %d)", file, je.text, je.line);
+                opt.component_config[k] = cfgs[k];
             }
-            opt.unet_config = cfgs[0];
-            opt.vae_config = cfgs[1];
-            opt.text_encoder_config = cfgs[2];
             double t = clock_now();
             struct model **slot = &s->models[d * c->n_models + i];
             if (st == DF_OK) st = model_load(s->devices[d], &opt, slot);
-            if (st == DF_OK && cm->scheduler_config) st = smp_config_load(cm->scheduler_config, &(*slot)->scheduler);
-            for (int k = 0; k < 3; k++) json_decref(cfgs[k]);
+            for (int k = 0; k < COMP_COUNT; k++) json_decref(cfgs[k]);
             if (st != DF_OK) return df_error(st, "model %s: %s", what, df_errmsg());
             const struct model *m = *slot;
             log_write(LOGL_INFO, NULL, "model %s loaded on device %d in %.2f s (%s, %s)", m->name, d, clock_now() - t,
-                      ckpt_family_name(m->family), m->layout ? m->layout : "?");
+                      m->family->label, m->layout ? m->layout : "?");
         }
     for (int i = 0; i < c->n_models; i++) { /* the table requests name models by */
         struct api_model *am = &s->app.models[i];
         const struct cfg_model *cm = &c->models[i];
-        const char *path = cm->path ? cm->path : cm->unet ? cm->unet : "";
+        const char *path = cm->path ? cm->path : cm->component[COMP_UNET] ? cm->component[COMP_UNET] : "";
         am->m = s->models[i];
         snprintf(am->filename, sizeof am->filename, "%s", path);
         if (am->m->hash[0]) snprintf(am->title, sizeof am->title, "%s [%s]", base_name(path), am->m->hash);
@@ -118,7 +116,7 @@ static df_status load_models(struct server *s) {
 df_status serve_create(const struct config *cfg, struct server **out) {
     if (cfg->n_models == 0)
         return df_error(DF_EINVAL, "no model: give --model PATH (a checkpoint file or diffusers folder), or "
-                                   "--unet/--vae/--text-encoder component files");
+                                   "component files (--unet, --vae, --text-encoder, ...)");
     log_set_level(cfg->log_level);
     struct server *s = calloc(1, sizeof *s);
     if (!s) return df_error(DF_ENOMEM, "out of memory");
@@ -161,7 +159,8 @@ df_status serve_create(const struct config *cfg, struct server **out) {
             int d = i / cfg->workers;
             specs[i] = (struct jobs_worker_spec){s->devices[d], &s->models[d * cfg->n_models]};
         }
-        struct jobs_config jc = {cfg->queue_max, cfg->job_timeout_s, cfg->result_ttl_s, cfg->n_models};
+        struct jobs_config jc = {cfg->queue_max, cfg->job_timeout_s, cfg->result_ttl_s, cfg->n_models,
+                                 cfg->vae_tile_budget};
         if (st == DF_OK) st = jobs_create(&jc, specs, n, &s->jobs);
         free(specs);
     }

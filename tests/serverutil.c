@@ -82,17 +82,47 @@ static int pin_library(struct dl_phdr_info *info, size_t size, void *arg) {
 
 void su_pin_libraries(void) { dl_iterate_phdr(pin_library, NULL); }
 
-static double timer_t0;
+int su_daemon_start(struct su_daemon *d, int argc, char **argv) {
+    memset(d, 0, sizeof *d);
+    bool help;
+    if (cfg_load(argc, argv, &d->cfg, &help) != DF_OK) {
+        fprintf(stderr, "config: %s\n", df_errmsg());
+        return -1;
+    }
+    if (serve_create(&d->cfg, &d->srv) != DF_OK) {
+        fprintf(stderr, "serve_create: %s\n", df_errmsg());
+        cfg_free(&d->cfg);
+        return -1;
+    }
+    d->port = serve_port(d->srv);
+    su_pin_libraries();
+    return d->port > 0 ? 0 : -1;
+}
 
-int su_timer_start(void **state) {
+void su_daemon_stop(struct su_daemon *d) {
+    if (!d->srv) return;
+    serve_destroy(d->srv);
+    cfg_free(&d->cfg);
+    d->srv = NULL;
+}
+
+void su_filter(int argc, char **argv) {
+    if (argc > 1) cmocka_set_test_filter(argv[1]);
+}
+
+static double test_t0;
+
+int su_test_start(void **state) {
     (void)state;
-    timer_t0 = su_now();
+    hu_set_holding(true);
+    test_t0 = su_now();
     return 0;
 }
 
-int su_timer_stop(void **state) {
+int su_test_end(void **state) {
     (void)state;
-    fprintf(stderr, "    (%.1f s)\n", su_now() - timer_t0);
+    hu_set_holding(false);
+    fprintf(stderr, "    (%.1f s)\n", su_now() - test_t0);
     return 0;
 }
 
@@ -100,7 +130,7 @@ int su_timer_stop(void **state) {
 int su_connect(int port) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(fd >= 0);
-    struct timeval tv = {.tv_sec = 180};
+    struct timeval tv = {.tv_sec = (time_t)SU_PATIENCE_S};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -285,6 +315,40 @@ void su_wait_jobs(int port, const char *headers, const char *state, int count, c
         json_decref(j);
         if (n >= count) return;
         if (su_now() > end) fail_msg("not %d job(s) %s after %.0f s", count, state, timeout);
+        usleep(20000);
+    }
+}
+
+double su_metric(int port, const char *headers, const char *sample) {
+    struct su_resp r;
+    su_req(port, "GET", "/metrics", headers, NULL, &r);
+    if (r.status != 200) fail_msg("GET /metrics: %d %.300s", r.status, r.body);
+    size_t n = strlen(sample);
+    double v = -1;
+    bool found = false;
+    for (const char *line = r.body; line && !found;) {
+        if (strncmp(line, sample, n) == 0 && line[n] == ' ') {
+            v = strtod(line + n + 1, NULL);
+            found = true;
+        }
+        line = strchr(line, '\n');
+        if (line) line++;
+    }
+    su_free(&r);
+    if (!found) fail_msg("no sample %s in /metrics", sample);
+    return v;
+}
+
+bool su_wait_idle(int port, const char *headers, double timeout) {
+    double end = su_now() + timeout;
+    for (;;) {
+        double queued = su_metric(port, headers, "diffusiond_queue_depth"),
+               running = su_metric(port, headers, "diffusiond_jobs_running");
+        if (queued == 0 && running == 0) return true;
+        if (su_now() > end) {
+            fprintf(stderr, "daemon not idle after %.0f s: %g queued, %g running\n", timeout, queued, running);
+            return false;
+        }
         usleep(20000);
     }
 }

@@ -1,7 +1,8 @@
 /* serverutil: what the daemon's tests share - a small HTTP/1.1 client on
  * plain sockets (one connection per request, Connection: close), JSON and
- * error checks, job polling, and the tiny SD1.x model assembled from
- * ../shared/fixtures. Assertion failures are cmocka failures. */
+ * error checks, job polling, metrics, a daemon inside the test process,
+ * and the tiny SD1.x model assembled from ../shared/fixtures. Assertion
+ * failures are cmocka failures. */
 #ifndef DF_SERVERUTIL_H
 #define DF_SERVERUTIL_H
 
@@ -11,9 +12,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Generations small enough for lavapipe: 64x64 (8x8 latents), no CFG. */
-#define SU_LONG_JOB "{\"prompt\": \"long\", \"width\": 64, \"height\": 64, \"steps\": 60, \"cfg_scale\": 1}"
+#include "../server/config.h"
+#include "../server/serve.h"
+#include "holdutil.h"
+
+/* Generations small enough for lavapipe: 64x64 (8x8 latents), no CFG. A
+ * held one stays running at step 0 of 4 until released or cancelled
+ * (holdutil.h): no test relies on a job being slow. */
+#define SU_HELD_JOB "{\"prompt\": \"" HU_HOLD "\", \"width\": 64, \"height\": 64, \"steps\": 4, \"cfg_scale\": 1}"
 #define SU_SHORT_JOB "{\"prompt\": \"short\", \"width\": 64, \"height\": 64, \"steps\": 1, \"cfg_scale\": 1}"
+
+/* How long any wait in these tests may last before it counts as a hang: a
+ * guard against a stuck daemon, not an expectation of speed. No test passes
+ * or fails by how long something took; what must still be running when the
+ * next request comes is held (holdutil.h). */
+#define SU_PATIENCE_S 600.0
 
 /* The tiny model: component files from $DF_TEST_FIXTURES (default
  * ../shared/fixtures) and their config.json files, written from the
@@ -30,11 +43,27 @@ void su_model_cleanup(const struct su_model *m);
  * name. Call once a device exists (as testutil.c does). */
 void su_pin_libraries(void);
 
+/* A daemon inside the test process (serve_create), configured by a
+ * `diffusiond serve` command line. */
+struct su_daemon {
+    struct config cfg;
+    struct server *srv;
+    int port;
+};
+int su_daemon_start(struct su_daemon *d, int argc, char **argv); /* 0, or -1 with a message */
+void su_daemon_stop(struct su_daemon *d);
+
+/* `suite NAME-PATTERN`: run only the matching tests (cmocka's filter, * and
+ * ? wildcards), e.g. build/tests/test_server 'test_sdapi*'. */
+void su_filter(int argc, char **argv);
+
 double su_now(void);
-/* cmocka setup/teardown printing each test's time: the suite has a budget */
-int su_timer_start(void **state);
-int su_timer_stop(void **state);
-#define SU_TIMED(t) cmocka_unit_test_setup_teardown(t, su_timer_start, su_timer_stop)
+/* cmocka setup/teardown: holding generations is on during a test, and off
+ * after it (every held one let go, even when the test failed); each
+ * test's time is printed, the suite has a budget. */
+int su_test_start(void **state);
+int su_test_end(void **state);
+#define SU_TEST(t) cmocka_unit_test_setup_teardown(t, su_test_start, su_test_end)
 
 struct su_resp {
     int status;
@@ -64,6 +93,12 @@ json_t *su_wait_final(int port, const char *id, const char *headers, double time
 /* GET /jobs until `count` jobs are in `state`; `id` (40 bytes, may be NULL)
  * gets the newest one's id. */
 void su_wait_jobs(int port, const char *headers, const char *state, int count, char *id, double timeout);
+/* The value of one sample of GET /metrics, named as Prometheus prints it:
+ * "diffusiond_jobs_finished_total{state=\"failed\"}". Counters only grow
+ * and other tests move them too: assert on differences. */
+double su_metric(int port, const char *headers, const char *sample);
+/* Until no job is queued or running; false (with a message) after `timeout` s. */
+bool su_wait_idle(int port, const char *headers, double timeout);
 uint8_t *su_b64dec(const char *s, size_t *n);
 char *su_png_b64(int w, int h); /* a test pattern PNG, base64 */
 

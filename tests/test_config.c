@@ -96,8 +96,8 @@ static void test_layers(void **state) {
     assert_string_equal(c.cors_origins[1], "https://b.example");
     assert_int_equal(c.n_models, 2);
     assert_string_equal(c.models[0].path, "file-a.safetensors");
-    assert_null(c.models[0].vae);
-    assert_string_equal(c.models[1].vae, "vae-b.safetensors"); /* components follow the model named last */
+    assert_null(c.models[0].component[COMP_VAE]);
+    assert_string_equal(c.models[1].component[COMP_VAE], "vae-b.safetensors"); /* components follow the model named last */
     cfg_free(&c);
 
     /* a layer that names models replaces the list below it */
@@ -106,7 +106,7 @@ static void test_layers(void **state) {
     assert_int_equal(load(7, argv2, &c), DF_OK);
     assert_int_equal(c.n_models, 1);
     assert_string_equal(c.models[0].path, "/models/cli.safetensors"); /* relative paths live in model_dir */
-    assert_string_equal(c.models[0].unet, "/models/u.safetensors");
+    assert_string_equal(c.models[0].component[COMP_UNET], "/models/u.safetensors");
     cfg_free(&c);
 
     char *argv3[] = {"serve"};
@@ -129,9 +129,9 @@ static void test_components_only_and_key_file(void **state) {
     assert_int_equal(load(11, argv, &c), DF_OK);
     assert_int_equal(c.n_models, 1);
     assert_null(c.models[0].path);
-    assert_string_equal(c.models[0].unet, "/u");
-    assert_string_equal(c.models[0].vae, "/v");
-    assert_string_equal(c.models[0].text_encoder, "/t");
+    assert_string_equal(c.models[0].component[COMP_UNET], "/u");
+    assert_string_equal(c.models[0].component[COMP_VAE], "/v");
+    assert_string_equal(c.models[0].component[COMP_TEXT_ENCODER], "/t");
     assert_string_equal(c.api_key, "s3cret-key");
     assert_int_equal(c.precision, WTS_F32);
     assert_string_equal(c.notify_socket, "@/org/test");

@@ -56,7 +56,10 @@ static void write_safetensors(const char *path, const struct entry *e, int n) {
     assert_int_equal(fclose(f), 0);
 }
 
-static void refused(const char *key, const char *expect) {
+/* A file with one characteristic key: `want` is the status its load gives
+ * (refused families, or a family whose tensors are missing), `expect` a
+ * word the message must hold. */
+static void refused(const char *key, df_status want, const char *expect) {
     char path[] = "/tmp/df_test_family_XXXXXX";
     int fd = mkstemp(path);
     assert_true(fd >= 0);
@@ -69,26 +72,34 @@ static void refused(const char *key, const char *expect) {
     write_safetensors(path, e, 2);
     struct model *m = NULL;
     struct model_options opt = {.path = path, .precision = WTS_F32};
-    assert_int_equal(model_load(tu_device(), &opt, &m), DF_EUNSUPPORTED);
+    df_status st = model_load(tu_device(), &opt, &m);
+    if (st != want) fail_msg("%s: status %s, not %s: %s", key, df_status_name(st), df_status_name(want), df_errmsg());
     assert_null(m);
     if (!strstr(df_errmsg(), expect)) fail_msg("message \"%s\" lacks \"%s\"", df_errmsg(), expect);
     unlink(path);
 }
 
-static void test_other_families_refused(void **state) {
+static void test_other_families(void **state) {
     (void)state;
-    refused("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight", "SDXL");
-    refused("model.diffusion_model.label_emb.0.0.weight", "SDXL");
-    refused("cond_stage_model.model.token_embedding.weight", "2.x");
-    refused("model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", "MMDiT");
-    refused("double_blocks.0.img_attn.qkv.weight", "Flux");
+    refused("model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", DF_EUNSUPPORTED, "MMDiT");
+    refused("double_blocks.0.img_attn.qkv.weight", DF_EUNSUPPORTED, "Flux");
+    /* SDXL and SD2.x load, so a file of theirs with nothing in it names
+     * what is missing */
+    refused("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight", DF_EFORMAT,
+            "first_stage_model.");
+    refused("model.diffusion_model.label_emb.0.0.weight", DF_EFORMAT, "first_stage_model.");
+    refused("cond_stage_model.model.token_embedding.weight", DF_EFORMAT, "first_stage_model.");
 }
 
 static struct model_options fixture_components(char *unet, char *vae, char *clip, size_t n) {
     fixture_path(unet, n, "unet_sd15_tiny.safetensors");
     fixture_path(vae, n, "vae_tiny.safetensors");
     fixture_path(clip, n, "clip_text_tiny.safetensors");
-    return (struct model_options){.unet = unet, .vae = vae, .text_encoder = clip, .precision = WTS_F32};
+    struct model_options o = {.precision = WTS_F32};
+    o.component[COMP_UNET] = unet;
+    o.component[COMP_VAE] = vae;
+    o.component[COMP_TEXT_ENCODER] = clip;
+    return o;
 }
 
 /* Copies a fixture file, rewriting tensors through `edit`. */
@@ -162,7 +173,7 @@ static void generate(struct model *m, float **image) {
     struct pipe_result r;
     assert_int_equal(pipe_worker_create(tu_device(), &w), DF_OK);
     struct pipe_request req = small_request();
-    if (pipe_generate(w, m, &req, &r) != DF_OK) fail_msg("generate: %s", df_errmsg());
+    if (pipe_generate(w, m, &req, NULL, &r) != DF_OK) fail_msg("generate: %s", df_errmsg());
     *image = malloc(64 * 64 * 3 * sizeof **image);
     memcpy(*image, r.images, 64 * 64 * 3 * sizeof **image);
     pipe_result_free(&r);
@@ -180,8 +191,8 @@ static void test_bf16_file(void **state) {
     char bf16[] = "/tmp/df_test_bf16_unet_XXXXXX";
     close(mkstemp(bf16));
     rewrite(unet, bf16, to_bf16);
-    opt.unet = bf16;
-    opt.unet_config = NULL;
+    opt.component[COMP_UNET] = bf16;
+    opt.component_config[COMP_UNET] = NULL;
     if (model_load(tu_device(), &opt, &m16) != DF_OK) fail_msg("bf16 load: %s", df_errmsg());
     float *a, *b;
     generate(m32, &a);
@@ -203,7 +214,7 @@ static void expect_load_error(edit_fn edit, const char *tensor, const char *more
     char broken[] = "/tmp/df_test_broken_XXXXXX";
     close(mkstemp(broken));
     rewrite(unet, broken, edit);
-    opt.unet = broken;
+    opt.component[COMP_UNET] = broken;
     struct model *m = NULL;
     assert_int_equal(model_load(tu_device(), &opt, &m), DF_EFORMAT);
     assert_null(m);
@@ -234,21 +245,21 @@ static void test_reproducible(void **state) {
     assert_int_equal(pipe_worker_create(tu_device(), &w), DF_OK);
     struct pipe_request req = small_request();
     struct pipe_result r1, r2, r3;
-    assert_int_equal(pipe_generate(w, m, &req, &r1), DF_OK);
-    assert_int_equal(pipe_generate(w, m, &req, &r2), DF_OK);
+    assert_int_equal(pipe_generate(w, m, &req, NULL, &r1), DF_OK);
+    assert_int_equal(pipe_generate(w, m, &req, NULL, &r2), DF_OK);
     assert_memory_equal(r1.images, r2.images, 64 * 64 * 3 * sizeof(float));
     req.seed = 8;
-    assert_int_equal(pipe_generate(w, m, &req, &r3), DF_OK);
+    assert_int_equal(pipe_generate(w, m, &req, NULL, &r3), DF_OK);
     assert_true(memcmp(r1.images, r3.images, 64 * 64 * 3 * sizeof(float)) != 0);
     assert_int_equal(r3.seeds[0], 8);
     /* bad requests name the field and leave the worker usable */
     req.width = 60;
     struct pipe_result bad;
-    assert_int_equal(pipe_generate(w, m, &req, &bad), DF_EINVAL);
+    assert_int_equal(pipe_generate(w, m, &req, NULL, &bad), DF_EINVAL);
     assert_non_null(strstr(df_errmsg(), "width"));
     req.width = 64;
     req.steps = 0;
-    assert_int_equal(pipe_generate(w, m, &req, &bad), DF_EINVAL);
+    assert_int_equal(pipe_generate(w, m, &req, NULL, &bad), DF_EINVAL);
     assert_non_null(strstr(df_errmsg(), "steps"));
     pipe_result_free(&r1);
     pipe_result_free(&r2);
@@ -263,6 +274,51 @@ static void cancel_on_first_step(void *ctx, enum pipe_stage stage, int step, int
     if (stage == PIPE_DENOISE && step == 1) atomic_store((atomic_bool *)ctx, true);
 }
 
+/* A VAE budget below a whole decode makes the pipeline decode (and, for
+ * img2img, encode) in overlapping tiles: the job succeeds, the image is
+ * the untiled one up to what per-tile GroupNorm statistics change
+ * (test_vae_tiles bounds that per pixel and checks for seams), and a
+ * budget no tile fits fails the job alone with the sizes in the message. */
+static void test_tiled_vae(void **state) {
+    (void)state;
+    char unet[4096], vae[4096], clip[4096];
+    struct model_options opt = fixture_components(unet, vae, clip, sizeof unet);
+    struct model *m;
+    assert_int_equal(model_load(tu_device(), &opt, &m), DF_OK);
+    struct pipe_worker *w;
+    assert_int_equal(pipe_worker_create(tu_device(), &w), DF_OK);
+    struct pipe_request req = small_request();
+    req.width = 256;
+    req.height = 192;
+    struct pipe_result whole, tiled;
+    assert_int_equal(pipe_generate(w, m, &req, NULL, &whole), DF_OK);
+    uint64_t tile_bytes;
+    assert_int_equal(vae_decode_bytes(&m->vae, 16, 16, &tile_bytes), DF_OK); /* 16x16 latent tiles: 2x3 of them */
+    pipe_worker_set_vae_budget(w, tile_bytes);
+    if (pipe_generate(w, m, &req, NULL, &tiled) != DF_OK) fail_msg("tiled: %s", df_errmsg());
+    size_t n = (size_t)req.width * req.height * 3;
+    assert_memory_equal(whole.latents, tiled.latents, (size_t)4 * 24 * 32 * sizeof(float)); /* only the VAE differs */
+    double err = tu_rel_l2f(tiled.images, whole.images, n);
+    print_message("tiled VAE decode vs whole: image rel L2 %.3f\n", err);
+    assert_true(err > 0 && err < 0.35);
+    /* img2img: the init image is encoded in tiles too */
+    float *init = malloc(n * sizeof *init);
+    for (size_t i = 0; i < n; i++) init[i] = (float)((i * 7919) % 251) / 250.0f;
+    req.init_image = init;
+    req.strength = 0.5f;
+    struct pipe_result i2i;
+    if (pipe_generate(w, m, &req, NULL, &i2i) != DF_OK) fail_msg("tiled img2img: %s", df_errmsg());
+    pipe_result_free(&i2i);
+    pipe_worker_set_vae_budget(w, 1024);
+    assert_int_equal(pipe_generate(w, m, &req, NULL, &i2i), DF_ENOMEM);
+    print_message("budget too small: %s\n", df_errmsg());
+    free(init);
+    pipe_result_free(&whole);
+    pipe_result_free(&tiled);
+    pipe_worker_destroy(w);
+    model_destroy(m);
+}
+
 static void test_cancel(void **state) {
     (void)state;
     char unet[4096], vae[4096], clip[4096];
@@ -274,16 +330,14 @@ static void test_cancel(void **state) {
     atomic_bool cancel = false;
     struct pipe_request req = small_request();
     req.steps = 4;
-    req.cancel = &cancel;
-    req.progress = cancel_on_first_step;
-    req.progress_ctx = &cancel;
+    struct pipe_hooks hooks = {.progress = cancel_on_first_step, .progress_ctx = &cancel, .cancel = &cancel};
     struct pipe_result r;
-    assert_int_equal(pipe_generate(w, m, &req, &r), DF_ECANCELLED);
+    assert_int_equal(pipe_generate(w, m, &req, &hooks, &r), DF_ECANCELLED);
     /* the worker serves the next request */
     atomic_store(&cancel, false);
-    req.progress = NULL;
+    hooks.progress = NULL;
     req.steps = 1;
-    assert_int_equal(pipe_generate(w, m, &req, &r), DF_OK);
+    assert_int_equal(pipe_generate(w, m, &req, &hooks, &r), DF_OK);
     pipe_result_free(&r);
     pipe_worker_destroy(w);
     model_destroy(m);
@@ -326,12 +380,13 @@ static int teardown(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_other_families_refused),
+        cmocka_unit_test(test_other_families),
         cmocka_unit_test(test_missing_tensor),
         cmocka_unit_test(test_wrong_shape),
         cmocka_unit_test(test_bf16_file),
         cmocka_unit_test(test_reproducible),
         cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_tiled_vae),
         cmocka_unit_test(test_single_file_and_folder),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);

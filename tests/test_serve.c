@@ -1,9 +1,12 @@
-/* Tests for `diffusiond serve` as a whole (server/serve.c serve_main): the
- * sub-command run in a thread of this process, with an API key, a CORS
- * allow-list and a job time limit; sd_notify READY=1 (the port is read
- * from its STATUS=) and STOPPING=1 over a test socket; a job that times
- * out and one the device cannot hold, both failing alone; and a real
- * SIGTERM with one job running and two queued. */
+/* Tests for `diffusiond serve` as a whole: a daemon in this process with an
+ * API key and a CORS allow-list; a job the device cannot hold failing alone;
+ * a job that times out, on a daemon of its own whose time limit is far below
+ * any possible run time; and serve_main itself (server/serve.c), the
+ * sub-command run in a thread: sd_notify READY=1 (the port is read from its
+ * STATUS=) and STOPPING=1 over a test socket, and a real SIGTERM with one
+ * job running (held, holdutil.h) and two queued. Nothing depends on the
+ * machine's speed; each test runs alone (`test_serve NAME`) and in any
+ * order. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,64 +30,26 @@
 
 static struct su_model fx;
 
-static pthread_t g2_thread;
-static int g2_exit = -1, g2_port, g2_notify = -1;
-static char g2_sock[108];
-static bool g2_running;
+/* The daemon most tests share (no signals: test_sigterm_drain has its own). */
+static struct su_daemon g_d;
+static int g2_port;
 #define KEY "X-API-Key: s3cret\r\n"
-
-static void *g2_main(void *arg) {
-    (void)arg;
-    char *argv[] = {"serve", "--unet", fx.unet, "--vae", fx.vae, "--text-encoder", fx.clip, "--unet-config",
-                    fx.unet_config, "--vae-config", fx.vae_config, "--text-encoder-config", fx.clip_config,
-                    "--precision", "fp32", "--port", "0", "--api-key", "s3cret", "--cors-origins",
-                    "https://ok.example", "--job-timeout-s", "6", "--max-width", "16384", "--max-height", "16384",
-                    "--shutdown-grace-s", "60", "--queue-max", "4", "--log-level", "info", "--http-threads", "1"};
-    g2_exit = serve_main(sizeof argv / sizeof argv[0], argv);
-    return NULL;
-}
-
-/* One sd_notify datagram, or "" after the timeout. */
-static void notify_recv(char *buf, size_t n, int timeout_ms) {
-    struct pollfd p = {.fd = g2_notify, .events = POLLIN};
-    buf[0] = 0;
-    if (poll(&p, 1, timeout_ms) != 1) return;
-    ssize_t k = recv(g2_notify, buf, n - 1, 0);
-    buf[k > 0 ? k : 0] = 0;
-}
+#define TINY_MODEL "--unet", fx.unet, "--vae", fx.vae, "--text-encoder", fx.clip, "--unet-config", fx.unet_config, \
+                   "--vae-config", fx.vae_config, "--text-encoder-config", fx.clip_config, "--precision", "fp32"
 
 static int group2_setup(void **state) {
     (void)state;
-    g2_notify = socket(AF_UNIX, SOCK_DGRAM, 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(g2_sock, sizeof g2_sock, "/tmp/diffusiond-test-notify-%d", (int)getpid());
-    unlink(g2_sock);
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", g2_sock);
-    if (bind(g2_notify, (struct sockaddr *)&sa, sizeof sa) != 0) return -1;
-    setenv("NOTIFY_SOCKET", g2_sock, 1);
-    if (pthread_create(&g2_thread, NULL, g2_main, NULL) != 0) return -1;
-    g2_running = true;
-    char msg[512];
-    notify_recv(msg, sizeof msg, 120000);
-    unsetenv("NOTIFY_SOCKET");
-    const char *at = strstr(msg, "STATUS=listening on 127.0.0.1:");
-    if (!strstr(msg, "READY=1") || !at) {
-        fprintf(stderr, "no READY=1 from the daemon: \"%s\"\n", msg);
-        return -1;
-    }
-    g2_port = atoi(at + strlen("STATUS=listening on 127.0.0.1:"));
-    su_pin_libraries();
-    return g2_port > 0 ? 0 : -1;
+    char *argv[] = {"serve", TINY_MODEL, "--port", "0", "--api-key", "s3cret", "--cors-origins", "https://ok.example",
+                    "--max-width", "16384", "--max-height", "16384", "--max-batch", "64", "--queue-max", "4",
+                    "--log-level", "info", "--http-threads", "1"};
+    if (su_daemon_start(&g_d, sizeof argv / sizeof argv[0], argv) != 0) return -1;
+    g2_port = g_d.port;
+    return 0;
 }
 
 static int group2_teardown(void **state) {
     (void)state;
-    if (g2_running) { /* a test failed before the SIGTERM one */
-        kill(getpid(), SIGTERM);
-        pthread_join(g2_thread, NULL);
-    }
-    close(g2_notify);
-    unlink(g2_sock);
+    su_daemon_stop(&g_d);
     return 0;
 }
 
@@ -148,68 +113,179 @@ static void test_cors(void **state) {
     su_free(&r);
 }
 
+/* A job time limit of a microsecond: less than any generation needs before
+ * its first sampler step (tokenizing, a text-encoder pass through the
+ * Vulkan queue), and the limit is checked at every step boundary, so every
+ * job fails with "timeout" by construction, on any machine. The daemon is
+ * this test's own: the shared one must finish jobs. It goes on: ready, and
+ * the next job is taken and times out too, each counted once. */
+static struct su_daemon timeout_d;
+
 static void test_job_timeout(void **state) {
     (void)state;
+    char *argv[] = {"serve", TINY_MODEL, "--port", "0", "--job-timeout-s", "0.000001", "--log-level", "warn",
+                    "--http-threads", "1"};
+    struct su_daemon *d = &timeout_d;
+    assert_int_equal(su_daemon_start(d, sizeof argv / sizeof argv[0], argv), 0);
+    const char *failed = "diffusiond_jobs_finished_total{state=\"failed\"}";
+    double failed0 = su_metric(d->port, NULL, failed);
     struct su_resp r;
-    su_req(g2_port, "POST", "/generate", KEY, SU_LONG_JOB, &r);
+    su_req(d->port, "POST", "/generate", NULL, SU_SHORT_JOB, &r);
     su_expect_error(&r, 504, "timeout", NULL);
     su_free(&r);
-    su_req(g2_port, "GET", "/ready", NULL, NULL, &r); /* the worker goes on */
+    su_req(d->port, "GET", "/ready", NULL, NULL, &r); /* the worker goes on */
     assert_int_equal(r.status, 200);
     su_free(&r);
+    su_req(d->port, "POST", "/jobs", NULL, SU_SHORT_JOB, &r);
+    assert_int_equal(r.status, 202);
+    json_t *j = su_json(&r);
+    su_free(&r);
+    json_t *f = su_wait_final(d->port, su_str(j, "id"), NULL, SU_PATIENCE_S);
+    assert_string_equal(su_str(f, "state"), "failed");
+    assert_string_equal(su_str(json_object_get(f, "error"), "code"), "timeout");
+    assert_int_equal(json_integer_value(json_object_get(f, "step")), 0); /* stopped before its one step */
+    json_decref(f);
+    json_decref(j);
+    assert_true(su_metric(d->port, NULL, failed) - failed0 == 2);
 }
 
-/* A job the device cannot hold fails alone, with a clear error; the worker
- * and the daemon go on (the drain below generates on the same worker). */
+static int timeout_end(void **state) {
+    su_test_end(state);
+    su_daemon_stop(&timeout_d);
+    return 0;
+}
+
+/* A job no device can hold fails alone, with a clear error; the worker and
+ * the daemon go on: the next job on the same worker is done. 64 images of
+ * 16384x16384 with CFG need 1.2 TiB of activations with the tiny model:
+ * more than any device has, not just more than this one's limit. */
 static void test_out_of_memory_fails_alone(void **state) {
     (void)state;
+    const char *failed = "diffusiond_jobs_finished_total{state=\"failed\"}";
+    double failed0 = su_metric(g2_port, KEY, failed);
     struct su_resp r;
     su_req(g2_port, "POST", "/generate", KEY,
-           "{\"prompt\": \"huge\", \"width\": 8192, \"height\": 8192, \"steps\": 1, \"cfg_scale\": 1}", &r);
+           "{\"prompt\": \"huge\", \"width\": 16384, \"height\": 16384, \"n\": 64, \"steps\": 1,"
+           " \"cfg_scale\": 7.5}",
+           &r);
     su_expect_error(&r, 500, "out_of_memory", NULL);
     su_free(&r);
     su_req(g2_port, "GET", "/ready", NULL, NULL, &r);
     assert_int_equal(r.status, 200);
     su_free(&r);
-    su_req(g2_port, "GET", "/metrics", KEY, NULL, &r);
-    assert_non_null(strstr(r.body, "diffusiond_jobs_finished_total{state=\"failed\"} 2")); /* + the timeout */
+    assert_true(su_metric(g2_port, KEY, failed) - failed0 == 1);
+    su_req(g2_port, "POST", "/generate", KEY, SU_SHORT_JOB, &r);
+    if (r.status != 200) fail_msg("after the failed job: %d %.300s", r.status, r.body);
     su_free(&r);
 }
 
+/* serve_main in a thread, reporting to a test sd_notify socket. */
+static struct serve_thread {
+    pthread_t t;
+    bool running, signalled;
+    int exit, notify;
+    char sock[108];
+    struct su_call calls[3]; /* the running job and two queued */
+    int n_calls;             /* started, not joined */
+} g_st = {.notify = -1};
+
+static void *serve_thread_main(void *arg) {
+    struct serve_thread *st = arg;
+    char *argv[] = {"serve", TINY_MODEL, "--port", "0", "--api-key", "s3cret", "--shutdown-grace-s", "600",
+                    "--queue-max", "4", "--log-level", "info", "--http-threads", "1"};
+    st->exit = serve_main(sizeof argv / sizeof argv[0], argv);
+    return NULL;
+}
+
+/* One sd_notify datagram, or "" after `timeout` s. */
+static void notify_recv(int fd, char *buf, size_t n, double timeout) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    buf[0] = 0;
+    if (poll(&p, 1, (int)(timeout * 1000)) != 1) return;
+    ssize_t k = recv(fd, buf, n - 1, 0);
+    buf[k > 0 ? k : 0] = 0;
+}
+
 /* SIGTERM with one job running and two queued: the running one finishes and
- * is answered, the queued ones are cancelled with a clear state, exit 0. */
+ * is answered, the queued ones are cancelled with a clear state, exit 0.
+ * The running job is held until the queued ones have their answers, so it
+ * is running when the signal comes and finishes after, by construction; the
+ * grace period (600 s) only bounds a daemon that would hang. */
 static void test_sigterm_drain(void **state) {
     (void)state;
-    struct su_call a = {g2_port, "POST", "/generate", KEY,
-                     "{\"prompt\": \"last\", \"width\": 64, \"height\": 64, \"steps\": 2, \"cfg_scale\": 1}", {0}, 0};
-    struct su_call b = {g2_port, "POST", "/generate", KEY, SU_SHORT_JOB, {0}, 0}, c = b;
-    su_call_start(&a);
-    su_wait_jobs(g2_port, KEY, "running", 1, NULL, 60);
-    su_call_start(&b);
-    su_call_start(&c);
-    su_wait_jobs(g2_port, KEY, "queued", 2, NULL, 60);
-    assert_int_equal(kill(getpid(), SIGTERM), 0);
+    g_st = (struct serve_thread){.exit = -1};
+    g_st.notify = socket(AF_UNIX, SOCK_DGRAM, 0);
+    assert_true(g_st.notify >= 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(g_st.sock, sizeof g_st.sock, "/tmp/diffusiond-test-notify-%d", (int)getpid());
+    unlink(g_st.sock);
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", g_st.sock);
+    assert_int_equal(bind(g_st.notify, (struct sockaddr *)&sa, sizeof sa), 0);
+    setenv("NOTIFY_SOCKET", g_st.sock, 1);
+    assert_int_equal(pthread_create(&g_st.t, NULL, serve_thread_main, &g_st), 0);
+    g_st.running = true;
     char msg[512];
-    notify_recv(msg, sizeof msg, 30000);
+    notify_recv(g_st.notify, msg, sizeof msg, SU_PATIENCE_S);
+    unsetenv("NOTIFY_SOCKET");
+    const char *at = strstr(msg, "STATUS=listening on 127.0.0.1:");
+    if (!strstr(msg, "READY=1") || !at) fail_msg("no READY=1 from the daemon: \"%s\"", msg);
+    int port = atoi(at + strlen("STATUS=listening on 127.0.0.1:"));
+    su_pin_libraries();
+
+    struct su_call *a = &g_st.calls[0], *b = &g_st.calls[1], *c = &g_st.calls[2];
+    *a = (struct su_call){port, "POST", "/generate", KEY,
+                          "{\"prompt\": \"" HU_HOLD " last\", \"width\": 64, \"height\": 64, \"steps\": 2,"
+                          " \"cfg_scale\": 1}",
+                          {0}, 0};
+    *b = (struct su_call){port, "POST", "/generate", KEY, SU_SHORT_JOB, {0}, 0};
+    *c = *b;
+    su_call_start(a);
+    g_st.n_calls = 1;
+    hu_wait_held(1, SU_PATIENCE_S);
+    su_call_start(b);
+    g_st.n_calls = 2;
+    su_call_start(c);
+    g_st.n_calls = 3;
+    su_wait_jobs(port, KEY, "queued", 2, NULL, SU_PATIENCE_S);
+    assert_int_equal(kill(getpid(), SIGTERM), 0);
+    g_st.signalled = true;
+    notify_recv(g_st.notify, msg, sizeof msg, SU_PATIENCE_S);
     assert_non_null(strstr(msg, "STOPPING=1"));
-    su_call_join(&a);
-    su_call_join(&b);
-    su_call_join(&c);
-    if (a.r.status != 200) fail_msg("running job: %d %.300s", a.r.status, a.r.body);
-    assert_string_equal(su_header(&a.r, "Content-Type"), "image/png");
-    su_expect_error(&b.r, 503, "shutdown", NULL);
-    su_expect_error(&c.r, 503, "shutdown", NULL);
-    su_free(&a.r);
-    su_free(&b.r);
-    su_free(&c.r);
-    pthread_join(g2_thread, NULL);
-    g2_running = false;
-    assert_int_equal(g2_exit, 0);
-    int fd = su_connect(g2_port); /* nobody listens any more */
+    su_call_join(b);
+    su_call_join(c);
+    hu_release(); /* the queued ones are answered: now the running one finishes */
+    su_call_join(a);
+    g_st.n_calls = 0;
+    if (a->r.status != 200) fail_msg("running job: %d %.300s", a->r.status, a->r.body);
+    assert_string_equal(su_header(&a->r, "Content-Type"), "image/png");
+    su_expect_error(&b->r, 503, "shutdown", NULL);
+    su_expect_error(&c->r, 503, "shutdown", NULL);
+    pthread_join(g_st.t, NULL);
+    g_st.running = false;
+    assert_int_equal(g_st.exit, 0);
+    int fd = su_connect(port); /* nobody listens any more */
     assert_true(fd < 0);
 }
 
-int main(void) {
+/* Whatever the test did: the daemon stopped, its clients answered, the
+ * socket gone. */
+static int sigterm_end(void **state) {
+    su_test_end(state); /* lets the held job go */
+    if (g_st.running) {
+        if (!g_st.signalled) kill(getpid(), SIGTERM); /* one sent before sigwait waits for it */
+        pthread_join(g_st.t, NULL);
+        g_st.running = false;
+    }
+    for (int i = 0; i < g_st.n_calls; i++) su_call_join(&g_st.calls[i]);
+    for (int i = 0; i < 3; i++) su_free(&g_st.calls[i].r);
+    g_st.n_calls = 0;
+    if (g_st.notify >= 0) close(g_st.notify);
+    g_st.notify = -1;
+    unlink(g_st.sock);
+    return 0;
+}
+
+int main(int argc, char **argv) {
     /* SIGTERM goes to serve_main's sigwait, never to a test thread: block it
      * before any thread exists, so they all inherit the mask */
     sigset_t set;
@@ -218,13 +294,14 @@ int main(void) {
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    su_filter(argc, argv);
     if (su_model_init(&fx) != 0) return 1;
     const struct CMUnitTest tests[] = {
-        SU_TIMED(test_auth),
-        SU_TIMED(test_cors),
-        SU_TIMED(test_job_timeout),
-        SU_TIMED(test_out_of_memory_fails_alone),
-        SU_TIMED(test_sigterm_drain),
+        SU_TEST(test_auth),
+        SU_TEST(test_cors),
+        cmocka_unit_test_setup_teardown(test_job_timeout, su_test_start, timeout_end),
+        SU_TEST(test_out_of_memory_fails_alone),
+        cmocka_unit_test_setup_teardown(test_sigterm_drain, su_test_start, sigterm_end),
     };
     int failed = cmocka_run_group_tests_name("serve", tests, group2_setup, group2_teardown);
     su_model_cleanup(&fx);

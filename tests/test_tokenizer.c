@@ -1,7 +1,8 @@
 /* Tests for models/tokenizer.c: every prompt of the "clip_tokenizer" oracle
  * case (transformers CLIPTokenizer + ftfy) id for id, then edge cases the
  * oracle does not cover: empty and invalid UTF-8 input, truncation of a
- * 2000-word prompt, pad id 0, ftfy's cleaning rules, bad vocabularies.
+ * 2000-word prompt, pad id 0, ftfy's cleaning rules, bad vocabularies;
+ * token ids by spelling and the pad id of diffusers tokenizer folders.
  * Every helper is static: this file is linked with the whole library. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../models/safetensors.h"
 #include "../models/tokenizer.h"
@@ -310,6 +312,111 @@ static void test_bad_vocab(void **state) {
     tok_destroy(NULL);
 }
 
+/* tok_token_id against ids computed from the vocabulary file in Python
+ * (CLIP's bytes_to_unicode + merges order), and against tok_encode. */
+static void test_token_id(void **state) {
+    (void)state;
+    static const struct {
+        const char *token;
+        int32_t id;
+    } known[] = {
+        {"!", 0}, {"!</w>", 256}, {"a</w>", 320}, {"\xc4\xa0", 220} /* U+0120 = byte ' ' */,
+        {"ing", 653}, {"photograph</w>", 8853}, {"astronaut</w>", 18376},
+        {"\xc3\xb0\xc5\x81\xc4\xba\xc4\xac</w>", 3020} /* the bytes of U+1F60A */,
+        {"<|startoftext|>", BOS}, {"<|endoftext|>", EOS},
+    };
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        int32_t id = -1;
+        if (tok_token_id(tt_tok, known[i].token, &id) != DF_OK) fail_msg("%s: %s", known[i].token, df_errmsg());
+        assert_int_equal(id, known[i].id);
+    }
+    int32_t ids[CTX], id;
+    tt_encode("photograph", ids);
+    assert_int_equal(tok_token_id(tt_tok, "photograph</w>", &id), DF_OK);
+    assert_int_equal(id, ids[1]);
+    const char *bad[] = {"", "</w>", "zqxjkvw</w>", "<|pad|>", "\xe6\x9d\xb1" /* not bytes_to_unicode text */};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(tok_token_id(tt_tok, bad[i], &id), DF_EINVAL);
+        assert_non_null(strstr(df_errmsg(), "is not in the CLIP vocabulary"));
+    }
+}
+
+/* A temporary tokenizer folder with the given files (NULL: absent). */
+static void tt_folder(char *dir, const char *map, const char *config, const char *vocab) {
+    strcpy(dir, "/tmp/df_tok_XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    const char *names[] = {"special_tokens_map.json", "tokenizer_config.json", "vocab.json"};
+    const char *texts[] = {map, config, vocab};
+    for (int i = 0; i < 3; i++) {
+        if (!texts[i]) continue;
+        char path[256];
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(texts[i], f);
+        fclose(f);
+    }
+}
+
+static void tt_rmfolder(const char *dir) {
+    const char *names[] = {"special_tokens_map.json", "tokenizer_config.json", "vocab.json"};
+    char path[256];
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+/* The pad id of a folder, or the status with *msg naming the error. */
+static df_status tt_pad(const char *map, const char *config, const char *vocab, int32_t *id) {
+    char dir[64];
+    tt_folder(dir, map, config, vocab);
+    *id = -1;
+    df_status st = tok_pad_id_from_folder(tt_tok, dir, id);
+    tt_rmfolder(dir);
+    return st;
+}
+
+static void test_pad_from_folder(void **state) {
+    (void)state;
+    int32_t id;
+    /* SDXL tokenizer_2 / SD2.x: "!" through vocab.json, which wins over the embedded vocabulary */
+    assert_int_equal(tt_pad("{\"pad_token\": \"!\"}", NULL, "{\"!\": 7, \"<|endoftext|>\": 49407}", &id), DF_OK);
+    assert_int_equal(id, 7);
+    /* SD1.x: an AddedToken dict, no vocab.json: the embedded vocabulary */
+    assert_int_equal(tt_pad("{\"pad_token\": {\"content\": \"<|endoftext|>\", \"lstrip\": false}}", NULL, NULL, &id),
+                     DF_OK);
+    assert_int_equal(id, EOS);
+    assert_int_equal(tt_pad(NULL, "{\"pad_token\": \"!\"}", NULL, &id), DF_OK);
+    assert_int_equal(id, 0);
+    /* special_tokens_map.json overrides tokenizer_config.json */
+    assert_int_equal(tt_pad("{\"pad_token\": \"!\"}", "{\"pad_token\": \"<|endoftext|>\"}", NULL, &id), DF_OK);
+    assert_int_equal(id, 0);
+    /* no pad_token anywhere: CLIPTokenizer's default */
+    assert_int_equal(tt_pad("{\"bos_token\": \"<|startoftext|>\"}", "{}", NULL, &id), DF_OK);
+    assert_int_equal(id, EOS);
+    /* an added token */
+    assert_int_equal(tt_pad(NULL, "{\"pad_token\": \"<pad>\", \"added_tokens_decoder\": "
+                            "{\"49406\": {\"content\": \"<|startoftext|>\"}, \"12\": {\"content\": \"<pad>\"}}}",
+                            "{\"!\": 0}", &id), DF_OK);
+    assert_int_equal(id, 12);
+
+    assert_int_equal(tt_pad("{\"pad_token\": \"<|pad|>\"}", NULL, "{\"!\": 0}", &id), DF_EINVAL);
+    assert_non_null(strstr(df_errmsg(), "pad_token \"<|pad|>\" is not a token of"));
+    assert_non_null(strstr(df_errmsg(), "vocab.json"));
+    assert_int_equal(tt_pad(NULL, "{\"pad_token\": \"zqxjkvw</w>\"}", NULL, &id), DF_EINVAL);
+    assert_non_null(strstr(df_errmsg(), "tokenizer_config.json: pad_token \"zqxjkvw</w>\""));
+    assert_int_equal(tt_pad(NULL, "{\"pad_token\": null}", NULL, &id), DF_EINVAL);
+    assert_non_null(strstr(df_errmsg(), "pad_token is null"));
+    assert_int_equal(tt_pad("{\"pad_token\": 3}", NULL, NULL, &id), DF_EFORMAT);
+    assert_int_equal(tt_pad("{\"pad_token\": \"<pad>\"}", NULL, "{\"<pad>\": 50000}", &id), DF_EINVAL);
+    assert_non_null(strstr(df_errmsg(), "outside the CLIP vocabulary"));
+    assert_int_equal(tt_pad("{\"pad_token\": ", NULL, NULL, &id), DF_EFORMAT);
+    assert_int_equal(tt_pad(NULL, NULL, "{\"!\": 0}", &id), DF_EIO);
+    assert_int_equal(id, -1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_oracle),
@@ -319,6 +426,8 @@ int main(void) {
         cmocka_unit_test(test_pad_and_lengths),
         cmocka_unit_test(test_cleaning),
         cmocka_unit_test(test_bad_vocab),
+        cmocka_unit_test(test_token_id),
+        cmocka_unit_test(test_pad_from_folder),
     };
     return cmocka_run_group_tests(tests, tt_setup, tt_teardown);
 }

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "../models/unet.h"
+#include "../models/unet_config.h"
 #include "../tools/check.h"
 #include "testutil.h"
 
@@ -96,13 +97,14 @@ static void test_check_ldm(void **state) {
     expect_pass("unet_sd15_tiny_ldm_layout", true);
 }
 
-static void test_check_sdxl_skips(void **state) {
+/* SDXL-shaped: added conditioning, per-level heads and depths, linear
+ * projections; the sgm layout through inferred config and renames. */
+static void test_check_sdxl(void **state) {
     (void)state;
-    struct check_case c;
-    json_t *manifest;
-    assert_int_equal(run_check("sdxl_unet_tiny", false, &c, &manifest), DF_EUNSUPPORTED);
-    assert_non_null(strstr(df_errmsg(), "addition_embed_type"));
-    json_decref(manifest);
+    expect_pass("sdxl_unet_tiny", false);
+    expect_pass("sdxl_unet_tiny", true);
+    expect_pass("sdxl_unet_tiny_ldm_layout", false);
+    expect_pass("sdxl_unet_tiny_ldm_layout", true);
 }
 
 /* ---- a model on the device ---------------------------------------------- */
@@ -163,7 +165,7 @@ static void pass_record(struct pass *ps, const struct unet_model *m, int64_t h, 
     ps->in[0] = cg_input(ps->g, in_names[0], 4, (int64_t[]){b, c, h, w});
     ps->in[1] = cg_input(ps->g, in_names[1], 1, &b);
     ps->in[2] = cg_input(ps->g, in_names[2], 3, (int64_t[]){b, 77, m->cfg.cross_attention_dim});
-    if (unet_forward(ps->g, m, ps->in[0], ps->in[1], ps->in[2], control, &ps->o) != DF_OK)
+    if (unet_forward(ps->g, m, ps->in[0], ps->in[1], ps->in[2], NULL, control, &ps->o) != DF_OK)
         fail_msg("unet_forward: %s", df_errmsg());
     cg_output(ps->g, ps->o.sample);
 }
@@ -313,8 +315,9 @@ static void test_bad_config(void **state) {
     bad.norm_num_groups = 24;
     assert_int_equal(unet_load(w, &bad, &m), DF_EINVAL);
     bad = cfg;
-    bad.addition_embed_type = UNET_ADD_TEXT_TIME;
-    assert_int_equal(unet_load(w, &bad, &m), DF_EUNSUPPORTED);
+    bad.addition_embed_type = UNET_ADD_TEXT_TIME; /* widths unknown */
+    assert_int_equal(unet_load(w, &bad, &m), DF_EINVAL);
+    assert_non_null(strstr(df_errmsg(), "addition_time_embed_dim"));
     wts_destroy(w);
     st_close(f);
 }
@@ -491,7 +494,7 @@ static void test_control_residuals(void **state) {
     struct cg_tensor *bad = cg_input(g, "r", 4, (int64_t[]){2, 32, 8, 8});
     struct unet_control ctl = {.mid = bad};
     struct unet_outputs o;
-    assert_int_equal(unet_forward(g, &f.m, s, t, c, &ctl, &o), DF_EINVAL);
+    assert_int_equal(unet_forward(g, &f.m, s, t, c, NULL, &ctl, &o), DF_EINVAL);
     cg_destroy(g);
     free(out);
     fixture_close(&f);
@@ -515,8 +518,8 @@ static void test_forward_down(void **state) {
     }
     struct unet_down d0, d1;
     struct unet_outputs dbg;
-    assert_int_equal(unet_forward_down(g, &half, in[0], in[1], in[2], NULL, &d0, &dbg), DF_OK);
-    assert_int_equal(unet_forward_down(g, &half, in[0], in[1], in[2], add, &d1, NULL), DF_OK);
+    assert_int_equal(unet_forward_down(g, &half, in[0], in[1], in[2], NULL, NULL, &d0, &dbg), DF_OK);
+    assert_int_equal(unet_forward_down(g, &half, in[0], in[1], in[2], NULL, add, &d1, NULL), DF_OK);
     assert_int_equal(d0.n_skips, unet_skip_count(&f.cfg));
     for (int i = 0; i <= d0.n_skips; i++) {
         int64_t ne[4];
@@ -527,7 +530,7 @@ static void test_forward_down(void **state) {
     struct cg_tensor *outs[] = {d0.mid, d0.skips[d0.n_skips - 1], d0.skips[0], d1.skips[0], d1.mid};
     for (int i = 0; i < 5; i++) cg_output(g, outs[i]);
     struct unet_outputs o; /* the full model refuses a model without its up path */
-    assert_int_equal(unet_forward(g, &half, in[0], in[1], in[2], NULL, &o), DF_EINVAL);
+    assert_int_equal(unet_forward(g, &half, in[0], in[1], in[2], NULL, NULL, &o), DF_EINVAL);
     struct program *p;
     if (prog_create(tu_device(), g, NULL, &p) != DF_OK) fail_msg("prog_create: %s", df_errmsg());
     assert_int_equal(buf_fill(prog_arena(p), 0, prog_arena_bytes(p) & ~3ull, NAN_BITS), DF_OK);
@@ -648,7 +651,7 @@ static void test_non_square(void **state) {
     struct cg_tensor *s = cg_input(g, "s", 4, (int64_t[]){2, 4, 8, 7}), *t = cg_input(g, "t", 1, (int64_t[]){2});
     struct cg_tensor *ctx = cg_input(g, "c", 3, (int64_t[]){2, 77, 32});
     struct unet_outputs o;
-    assert_int_equal(unet_forward(g, &f.m, s, t, ctx, NULL, &o), DF_OK);
+    assert_int_equal(unet_forward(g, &f.m, s, t, ctx, NULL, NULL, &o), DF_OK);
     assert_int_equal(o.sample->ne[2], 8);
     assert_int_equal(o.sample->ne[3], 7);
     cg_destroy(g);
@@ -676,7 +679,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_check_diffusers),
         cmocka_unit_test(test_check_ldm),
-        cmocka_unit_test(test_check_sdxl_skips),
+        cmocka_unit_test(test_check_sdxl),
         cmocka_unit_test(test_intermediates),
         cmocka_unit_test(test_missing_tensor),
         cmocka_unit_test(test_wrong_shape),

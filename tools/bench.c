@@ -6,6 +6,7 @@
  * reported (the profile is the last run's): what a GPU needs, where the
  * first run pays pipeline and driver warm-up. A benchmark, not a test. */
 #include "bench.h"
+#include "cli.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include "compute/kern_gemm.h"
 #include "compute/program.h"
 #include "models/model.h"
+#include "models/vae_tiles.h"
 #include "../common/clock.h"
 
 #define MAX_SIZES 8
@@ -62,8 +64,10 @@ static df_status time_pass(struct device *dev, struct cg_graph *g, struct cg_ten
         float *x = malloc(n * sizeof *x);
         if (!x) st = df_error(DF_ENOMEM, "out of memory");
         for (size_t k = 0; x && k < n; k++) x[k] = (float)((k * 2654435761u) % 1000) / 1000.0f - 0.5f;
-        if (x && !strcmp(inputs[i]->name, "input_ids"))
+        if (x && !strncmp(inputs[i]->name, "input_ids", 9))
             for (size_t k = 0; k < n; k++) x[k] = (float)(k % 77 == 0 ? 49406 : 320 + k % 1000);
+        if (x && !strncmp(inputs[i]->name, "eos_rows", 8)) /* row b: the last token of prompt b */
+            for (size_t k = 0; k < n; k++) x[k] = (float)(k * 77 + 76);
         if (x && !strcmp(inputs[i]->name, "timestep"))
             for (size_t k = 0; k < n; k++) x[k] = 500;
         if (st == DF_OK) st = prog_write(p, inputs[i], x);
@@ -104,6 +108,19 @@ static df_status time_pass(struct device *dev, struct cg_graph *g, struct cg_ten
     return st;
 }
 
+/* A stage run n times over equal inputs (VAE tiles): n times the cost. */
+static void stage_scale(struct stage *s, int n) {
+    s->host_s *= n;
+    s->first_s *= n;
+    s->gpu_ms *= n;
+    s->flops *= n;
+    for (int k = 0; k < CG_OP_COUNT; k++) {
+        s->kinds.ms[k] *= n;
+        s->kinds.flops[k] *= n;
+        s->kinds.dispatches[k] *= n;
+    }
+}
+
 static void print_stage(const struct stage *s) {
     printf("  %-14s %9.4f s  gpu %9.2f ms  %8.2f GFLOP  %8.2f GFLOP/s  arena %7.1f MiB", s->name, s->host_s,
            s->gpu_ms, s->flops * 1e-9, s->host_s > 0 ? s->flops * 1e-9 / s->host_s : 0, (double)s->arena / (1 << 20));
@@ -118,53 +135,73 @@ static void print_stage(const struct stage *s) {
     }
 }
 
-static df_status bench_size(struct device *dev, struct model *m, int size) {
-    int lh = size / 8, lw = size / 8;
-    struct stage text = {.name = "text encoder"}, unet = {.name = "UNet (batch 2)"}, vae = {.name = "VAE decode"};
+/* The family's passes as a CFG step runs them: text encoders and one
+ * denoiser evaluation at batch 2 (negative + positive) at `size`, one VAE
+ * decode at `decode_size`. */
+static df_status bench_size(struct device *dev, struct model *m, int size, int decode_size) {
+    int s = vae_scale(&m->vae.cfg), lh = size / s, lw = size / s;
+    struct stage text = {.name = "text encoders"}, unet = {.name = "denoiser (B=2)"}, vae = {.name = "VAE decode"};
     struct cg_graph *g = NULL;
     df_status st;
-    /* text encoder, batch 2 (negative + positive) */
     if ((st = cg_create(&g)) != DF_OK) return st;
-    struct cg_tensor *ids = cg_input(g, "input_ids", 2, (int64_t[]){2, 77});
-    struct clip_outputs co;
-    if ((st = clip_forward(g, &m->clip, ids, NULL, &co)) == DF_OK) {
-        cg_output(g, co.last_hidden_state);
-        st = time_pass(dev, g, &ids, 1, &text);
+    struct fam_text_pass tp = {0};
+    if ((st = m->family->record_text(g, m, 2, 1, &tp)) == DF_OK) {
+        struct cg_tensor *in[2 * FAM_MAX_ENCODERS];
+        int n = 0;
+        for (int k = 0; k < FAM_MAX_ENCODERS; k++) {
+            if (tp.ids[k]) in[n++] = tp.ids[k];
+            if (tp.eos_rows[k]) in[n++] = tp.eos_rows[k];
+        }
+        cg_output(g, tp.context);
+        if (tp.pooled) cg_output(g, tp.pooled);
+        st = time_pass(dev, g, in, n, &text);
     }
     cg_destroy(g);
     if (st != DF_OK) return st;
-    /* one UNet evaluation: cond + uncond */
     if ((st = cg_create(&g)) != DF_OK) return st;
-    struct cg_tensor *in[3] = {
-        cg_input(g, "sample", 4, (int64_t[]){2, m->unet.cfg.in_channels, lh, lw}),
-        cg_input(g, "timestep", 1, (int64_t[]){2}),
-        cg_input(g, "context", 3, (int64_t[]){2, 77, m->unet.cfg.cross_attention_dim}),
-    };
-    struct unet_outputs uo;
-    if ((st = unet_forward(g, &m->unet, in[0], in[1], in[2], NULL, &uo)) == DF_OK) {
-        cg_output(g, uo.sample);
-        st = time_pass(dev, g, in, 3, &unet);
+    struct fam_denoise_pass dp = {0};
+    if ((st = m->family->record_denoiser(g, m, 2, lh, lw, &dp)) == DF_OK) {
+        struct cg_tensor *in[5] = {dp.sample, dp.timestep, dp.context, dp.pooled, dp.time_ids};
+        cg_output(g, dp.out);
+        st = time_pass(dev, g, in, dp.time_ids ? 5 : 3, &unet);
     }
     cg_destroy(g);
     if (st != DF_OK) return st;
-    /* VAE decode of one image */
+    /* the decode as the pipeline runs it: in tiles when a whole pass would
+     * not fit 3/4 of the device's largest allocation; one tile is timed,
+     * every tile costs the same */
+    struct vae_tiles tiles;
+    int tile, overlap, dh = decode_size / s;
+    uint64_t budget = dev_caps(dev)->max_allocation_size / 4 * 3;
+    if ((st = vae_tiles_pick(dh, dh, 8, budget, vae_decode_bytes, &m->vae, &tile, &overlap)) != DF_OK ||
+        (st = vae_tiles_decode_plan(m->vae.cfg.latent_channels, m->vae.cfg.out_channels, s, dh, dh, tile, overlap,
+                                    &tiles)) != DF_OK)
+        return st;
     if ((st = cg_create(&g)) != DF_OK) return st;
-    struct cg_tensor *z = cg_input(g, "latent", 4, (int64_t[]){1, m->vae.cfg.latent_channels, lh, lw}), *img;
+    struct cg_tensor *z = cg_input(g, "latent", 4, (int64_t[]){1, m->vae.cfg.latent_channels, tiles.tile_h,
+                                                              tiles.tile_w}),
+                     *img;
     if ((st = vae_decode(g, &m->vae, z, &img)) == DF_OK) {
         cg_output(g, img);
         st = time_pass(dev, g, &z, 1, &vae);
     }
     cg_destroy(g);
     if (st != DF_OK) return st;
+    int n_tiles = tiles.rows * tiles.cols;
+    stage_scale(&vae, n_tiles);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("\n%dx%d (latent %dx%d), weights %s\n", size, size, lw, lh, m->precision == WTS_F16 ? "fp16" : "fp32");
+    printf("\n%s, %dx%d (latent %dx%d), VAE decode at %dx%d, weights %s\n", m->family->label, size, size, lw, lh,
+           decode_size, decode_size, m->precision == WTS_F16 ? "fp16" : "fp32");
     print_stage(&text);
     print_stage(&unet);
+    if (n_tiles > 1)
+        printf("  (VAE decode in %d tiles of %lldx%lld latent px, overlap %d: one tile timed, times %d)\n", n_tiles,
+               (long long)tiles.tile_h, (long long)tiles.tile_w, overlap, n_tiles);
     print_stage(&vae);
     double image_s = text.host_s + 20 * unet.host_s + vae.host_s;
-    printf("  one 20-step CFG image ~ %.3f s (text + 20 UNet evals + decode); %.2f it/s (CFG steps); "
-           "UNet %.2f TFLOP/s effective (host time), %.2f (GPU time)\n",
+    printf("  one 20-step CFG image ~ %.3f s (text + 20 denoiser evals + decode); %.2f it/s (CFG steps); "
+           "denoiser %.2f TFLOP/s effective (host time), %.2f (GPU time)\n",
            image_s, unet.host_s > 0 ? 1 / unet.host_s : 0, unet.host_s > 0 ? unet.flops * 1e-12 / unet.host_s : 0,
            unet.gpu_ms > 0 ? unet.flops * 1e-9 / unet.gpu_ms : 0);
     printf("  peak device memory %.1f MiB, peak RSS %.1f MiB\n", (double)dev_memory_peak(dev) / (1 << 20),
@@ -176,13 +213,12 @@ static df_status bench_size(struct device *dev, struct model *m, int size) {
 int bench_main(int argc, char **argv) {
     struct model_options mo = {.precision = WTS_F16, .log = log_line};
     struct dev_config dc = {.index = -1};
-    int sizes[MAX_SIZES], nsizes = 0, matrix_bk = 0;
+    int sizes[MAX_SIZES], nsizes = 0, decode_size = 0, matrix_bk = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--model") && i + 1 < argc) mo.path = argv[++i];
-        else if (!strcmp(argv[i], "--unet") && i + 1 < argc) mo.unet = argv[++i];
-        else if (!strcmp(argv[i], "--vae") && i + 1 < argc) mo.vae = argv[++i];
-        else if (!strcmp(argv[i], "--text-encoder") && i + 1 < argc) mo.text_encoder = argv[++i];
+        if (i + 1 < argc && cli_component_option(argv[i], argv[i + 1], &mo)) i++;
+        else if (!strcmp(argv[i], "--model") && i + 1 < argc) mo.path = argv[++i];
         else if (!strcmp(argv[i], "--size") && i + 1 < argc && nsizes < MAX_SIZES) sizes[nsizes++] = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--decode-size") && i + 1 < argc) decode_size = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--fp32")) mo.precision = WTS_F32;
         else if (!strcmp(argv[i], "--no-matrix")) dc.no_matrix_units = true;
         else if (!strcmp(argv[i], "--matrix-bk") && i + 1 < argc) {
@@ -192,14 +228,14 @@ int bench_main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]) > 0 ? atoi(argv[i]) : 1;
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) dc.name_contains = argv[++i];
         else {
-            fprintf(stderr, "usage: diffusiond bench --model PATH | --unet F --vae F --text-encoder F\n"
-                            "                       [--size N]... [--fp32] [--device NAME] [--runs N]\n"
-                            "                       [--no-matrix] [--matrix-bk 32|64]\n");
+            fprintf(stderr, "usage: diffusiond bench --model PATH | --unet F --vae F --text-encoder F ...\n"
+                            "                       [--size N]... [--decode-size N] [--fp32] [--device NAME]\n"
+                            "                       [--runs N] [--no-matrix] [--matrix-bk 32|64]\n");
             return 2;
         }
     }
-    if (!mo.path && !(mo.unet && mo.vae && mo.text_encoder)) {
-        fprintf(stderr, "bench: --model PATH (or --unet, --vae and --text-encoder) is required\n");
+    if (!mo.path && !mo.component[COMP_UNET]) {
+        fprintf(stderr, "bench: --model PATH (or the component files) is required\n");
         return 2;
     }
     if (!nsizes) sizes[nsizes++] = 128;
@@ -238,7 +274,7 @@ int bench_main(int argc, char **argv) {
         if (sizes[i] < 64 || sizes[i] % 64) {
             fprintf(stderr, "bench: size %d is not a multiple of 64\n", sizes[i]);
             rc = 2;
-        } else if (bench_size(dev, m, sizes[i]) != DF_OK) {
+        } else if (bench_size(dev, m, sizes[i], decode_size ? decode_size : sizes[i]) != DF_OK) {
             fprintf(stderr, "bench: %dx%d: %s\n", sizes[i], sizes[i], df_errmsg());
             rc = 1;
         }

@@ -20,6 +20,7 @@ static const struct {
     {"AutoencoderKL", check_vae},
     {"StableDiffusionPipeline", check_pipeline},
     {"StableDiffusionImg2ImgPipeline", check_pipeline},
+    {"StableDiffusionXLPipeline", check_pipeline},
     {"StableDiffusionControlNetPipeline", check_pipeline},
     {"EulerDiscreteScheduler", check_sched},
     {"EulerAncestralDiscreteScheduler", check_sched},

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 
 #include "compute/device.h"
+#include "models/clip.h"
 #include "models/safetensors.h"
 
 struct check_ctx {
@@ -39,6 +40,9 @@ df_status check_vae(struct check_ctx *ctx, struct check_case *c);
 df_status check_pipeline(struct check_ctx *ctx, struct check_case *c);
 df_status check_sched(struct check_ctx *ctx, struct check_case *c);
 df_status check_rng(struct check_ctx *ctx, struct check_case *c);
+/* Runs m on case c's in.input_ids and compares every out.* the case holds
+ * (tests reuse it for other storage layouts of the same weights). */
+df_status check_clip_model(struct check_ctx *ctx, struct check_case *c, const struct clip_model *m);
 
 /* Helpers for check_*.c */
 /* Tensor `name` of the case file as fp32 (integers converted); caller frees. */

@@ -4,31 +4,20 @@
 
 #include "check.h"
 #include "compute/program.h"
-#include "models/clip.h"
 #include "models/weights.h"
 
-#define EOS_ID 49407
-
-df_status check_clip_text(struct check_ctx *ctx, struct check_case *c) {
-    struct clip_config cfg;
-    df_status st = clip_config_from_json(json_object_get(c->json, "config"), &cfg);
-    if (st != DF_OK) return st;
-    cfg.has_projection = st_find(c->file, "text_projection.weight") != NULL;
-    struct weights *w = NULL;
-    struct clip_model m = {0};
+df_status check_clip_model(struct check_ctx *ctx, struct check_case *c, const struct clip_model *m) {
+    const struct clip_config *cfg = &m->cfg;
     struct cg_graph *g = NULL;
     struct program *p = NULL;
     float *ids = NULL, *out = NULL;
-    if ((st = wts_create(ctx->dev, ctx->fp16 ? WTS_F16 : WTS_F32, &w)) != DF_OK) goto done;
-    if ((st = wts_load(w, c->file, "text_model.", NULL, 0)) != DF_OK) goto done;
-    if ((st = wts_load(w, c->file, "text_projection.", NULL, 0)) != DF_OK) goto done;
-    if ((st = clip_load(w, &cfg, &m)) != DF_OK) goto done;
     int64_t n;
-    if ((st = check_tensor(c, "in.input_ids", &ids, &n)) != DF_OK) goto done;
-    int64_t t = cfg.max_position_embeddings, b = n / t;
+    df_status st = check_tensor(c, "in.input_ids", &ids, &n);
+    if (st != DF_OK) return st;
+    int64_t t = cfg->max_position_embeddings, b = n / t;
     float eos[64];
-    if (b > 64) {
-        st = df_error(DF_EINVAL, "batch %lld too large", (long long)b);
+    if (b > 64 || b * t != n) {
+        st = df_error(DF_EINVAL, "in.input_ids: %lld ids are not a batch (<= 64) of %lld", (long long)n, (long long)t);
         goto done;
     }
     /* pooled output: the row of the first highest id (the end token) */
@@ -42,7 +31,7 @@ df_status check_clip_text(struct check_ctx *ctx, struct check_case *c) {
     struct cg_tensor *in_ids = cg_input(g, "input_ids", 2, (int64_t[]){b, t});
     struct cg_tensor *in_eos = cg_input(g, "eos_rows", 1, &b);
     struct clip_outputs o;
-    if ((st = clip_forward(g, &m, in_ids, in_eos, &o)) != DF_OK) goto done;
+    if ((st = clip_forward(g, m, in_ids, in_eos, &o)) != DF_OK) goto done;
     struct { const char *name; struct cg_tensor *t; } outs[] = {
         {"out.last_hidden_state", o.last_hidden_state},
         {"out.penultimate_hidden_state", o.penultimate},
@@ -57,7 +46,11 @@ df_status check_clip_text(struct check_ctx *ctx, struct check_case *c) {
     if ((st = prog_write(p, in_ids, ids)) != DF_OK || (st = prog_write(p, in_eos, eos)) != DF_OK) goto done;
     if ((st = prog_run(p)) != DF_OK) goto done;
     for (int i = 0; i < nouts; i++) {
-        if (!outs[i].t || !st_find(c->file, outs[i].name)) continue;
+        if (!st_find(c->file, outs[i].name)) continue;
+        if (!outs[i].t) {
+            st = df_error(DF_EINVAL, "the model computes no %s", outs[i].name);
+            goto done;
+        }
         out = realloc(out, cg_nbytes(outs[i].t));
         if ((st = prog_read(p, outs[i].t, out)) != DF_OK) goto done;
         if ((st = check_compare(ctx, c, outs[i].name, out, cg_numel(outs[i].t))) != DF_OK) goto done;
@@ -65,9 +58,24 @@ df_status check_clip_text(struct check_ctx *ctx, struct check_case *c) {
 done:
     prog_destroy(p);
     cg_destroy(g);
-    clip_free(&m);
-    wts_destroy(w);
     free(ids);
     free(out);
+    return st;
+}
+
+df_status check_clip_text(struct check_ctx *ctx, struct check_case *c) {
+    struct clip_config cfg;
+    df_status st = clip_config_from_json(json_object_get(c->json, "config"), &cfg);
+    if (st != DF_OK) return st;
+    cfg.has_projection = st_find(c->file, "text_projection.weight") != NULL;
+    struct weights *w = NULL;
+    struct clip_model m = {0};
+    if ((st = wts_create(ctx->dev, ctx->fp16 ? WTS_F16 : WTS_F32, &w)) != DF_OK) goto done;
+    if ((st = clip_load_weights(w, c->file, "", CLIP_LAYOUT_TRANSFORMERS)) != DF_OK) goto done;
+    if ((st = clip_load(w, &cfg, &m)) != DF_OK) goto done;
+    st = check_clip_model(ctx, c, &m);
+done:
+    clip_free(&m);
+    wts_destroy(w);
     return st;
 }

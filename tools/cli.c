@@ -22,12 +22,26 @@ struct cli_args {
     const char *out, *init_image;
 };
 
+bool cli_component_option(const char *opt, const char *value, struct model_options *mo) {
+    for (int c = 0; c < COMP_COUNT; c++) {
+        char name[64];
+        snprintf(name, sizeof name, "--%s", comp_table[c].name);
+        for (char *p = name + 2; *p; p++) *p = *p == '_' ? '-' : *p;
+        if (strcmp(opt, name) == 0) {
+            mo->component[c] = value;
+            return true;
+        }
+    }
+    return false;
+}
+
 static void usage(FILE *f) {
     fprintf(f,
             "usage: diffusiond generate --model PATH --prompt TEXT [options] -o OUT.png\n"
-            "       diffusiond info MODEL [--unet F] [--vae F] [--text-encoder F]\n\n"
+            "       diffusiond info MODEL [--unet F] [--vae F] [--text-encoder F] ...\n\n"
             "model:   --model PATH            single-file checkpoint or diffusers folder\n"
-            "         --unet F --vae F --text-encoder F   components given separately\n"
+            "         --unet F --vae F --text-encoder F --text-encoder-2 F   components given separately\n"
+            "         --family sd1|sd2|sdxl   for component files that do not say\n"
             "         --fp32                  fp32 weights on the device (default fp16)\n"
             "         --device NAME|INDEX     Vulkan device (default: best available)\n"
             "request: --prompt TEXT --negative TEXT\n"
@@ -70,17 +84,16 @@ static int parse_args(int argc, char **argv, struct cli_args *a, bool generate) 
         else if (!strcmp(o, "--fp32")) a->model.precision = WTS_F32;
         else if (!strcmp(o, "--fp16")) a->model.precision = WTS_F16;
         else if (!strcmp(o, "--model")) { NEED_VALUE; a->model.path = v; }
-        else if (!strcmp(o, "--unet")) { NEED_VALUE; a->model.unet = v; }
-        else if (!strcmp(o, "--vae")) { NEED_VALUE; a->model.vae = v; }
-        else if (!strcmp(o, "--text-encoder")) { NEED_VALUE; a->model.text_encoder = v; }
+        else if (cli_component_option(o, v, &a->model)) { NEED_VALUE; }
+        else if (!strcmp(o, "--family")) { NEED_VALUE; a->model.family = v; }
         else if (!strcmp(o, "--device")) {
             NEED_VALUE;
             char *end;
             long idx = strtol(v, &end, 10);
             if (*end == 0 && end != v) a->device.index = (int)idx;
             else a->device.name_contains = v;
-        } else if (generate && !strcmp(o, "--prompt")) { NEED_VALUE; a->req.prompt = v; }
-        else if (generate && !strcmp(o, "--negative")) { NEED_VALUE; a->req.negative_prompt = v; }
+        } else if (generate && !strcmp(o, "--prompt")) { NEED_VALUE; a->req.prompt = (char *)v; }
+        else if (generate && !strcmp(o, "--negative")) { NEED_VALUE; a->req.negative_prompt = (char *)v; }
         else if (generate && !strcmp(o, "--width")) { NEED_VALUE; if (parse_int(o, v, &a->req.width)) return -1; }
         else if (generate && !strcmp(o, "--height")) { NEED_VALUE; if (parse_int(o, v, &a->req.height)) return -1; }
         else if (generate && !strcmp(o, "--steps")) { NEED_VALUE; if (parse_int(o, v, &a->req.steps)) return -1; }
@@ -114,8 +127,8 @@ static int parse_args(int argc, char **argv, struct cli_args *a, bool generate) 
         }
 #undef NEED_VALUE
     }
-    if (!a->model.path && !(a->model.unet && a->model.vae && a->model.text_encoder)) {
-        fprintf(stderr, "diffusiond: no model: give --model PATH (or --unet, --vae and --text-encoder)\n");
+    if (!a->model.path && !a->model.component[COMP_UNET]) {
+        fprintf(stderr, "diffusiond: no model: give --model PATH (or --unet, --vae, --text-encoder, ...)\n");
         return -1;
     }
     if (generate && (!a->req.prompt || !a->out)) {
@@ -267,10 +280,8 @@ int cli_generate_main(int argc, char **argv) {
     if (a.init_image) {
         if (load_init_image(&a, &init)) return 1;
         a.req.init_image = init;
-        a.req.init_width = a.req.width;
-        a.req.init_height = a.req.height;
     }
-    a.req.progress = on_progress;
+    struct pipe_hooks hooks = {.progress = on_progress};
     struct device *dev;
     struct model *m;
     if (load(&a, &dev, &m)) {
@@ -280,7 +291,7 @@ int cli_generate_main(int argc, char **argv) {
     struct pipe_worker *w = NULL;
     struct pipe_result res = {0};
     int rc = 1;
-    if (pipe_worker_create(dev, &w) != DF_OK || pipe_generate(w, m, &a.req, &res) != DF_OK) {
+    if (pipe_worker_create(dev, &w) != DF_OK || pipe_generate(w, m, &a.req, &hooks, &res) != DF_OK) {
         fprintf(stderr, "diffusiond: %s\n", df_errmsg());
         goto done;
     }
