@@ -14,7 +14,8 @@
 #               would only add size)
 #   gl/         libglvnd's .debs: NVIDIA's Vulkan driver in a container needs
 #               libGLdispatch from the host (`run --glvnd` unpacks them into /)
-#   tools/      make_sd15_random.py (the full-size random SD1.5 checkpoint),
+#   tools/      make_sd15_random.py, make_sdxl_random.py (full-size random SD1.5
+#               and SDXL checkpoints),
 #               make_tiny_model.py (for `run --quick`)
 #   run         the driver: see deploy/device/run
 #
@@ -36,7 +37,7 @@ install -m 755 "$BUILD/diffusiond" "$OUT/bin/"
 for t in $TESTS; do install -m 755 "$BUILD/tests/$t" "$OUT/bin/"; done
 strip "$OUT"/bin/*
 install -m 755 deploy/device/run "$OUT/run"
-install -m 644 "$TOOLS/make_sd15_random.py" tests/make_tiny_model.py "$OUT/tools/"
+install -m 644 "$TOOLS/make_sd15_random.py" tools/make_sdxl_random.py tests/make_tiny_model.py "$OUT/tools/"
 
 # Which Debian package holds a library path (usrmerge: /lib may be /usr/lib).
 owner() {
