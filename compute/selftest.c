@@ -18,13 +18,37 @@ static float next_rand(uint32_t *s) {
     return (float)(*s >> 8) / 16777216.0f * 2.0f - 1.0f;
 }
 
+/* IEEE half bits of f, rounded to nearest even (no _Float16: not every
+ * compiler has it on x86-64), and the value of half bits. */
+static uint16_t half_bits(float f) {
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* 65520 and up round to infinity */
+    if (ax < 0x38800000u) {                                  /* below 2^-14: subnormal or zero */
+        float a;
+        memcpy(&a, &ax, sizeof a);
+        return (uint16_t)(sign | (uint32_t)lrintf(a * 16777216.0f));
+    }
+    uint32_t h = ((((ax >> 23) - 127u + 15u) << 10) | ((ax & 0x7fffffu) >> 13)), rest = ax & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;
+    return (uint16_t)(sign | h);
+}
+
+static float half_value(uint16_t h) {
+    uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    float v = e == 0 ? ldexpf((float)m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexpf((float)(m | 0x400u), (int)e - 25);
+    return (h & 0x8000u) ? -v : v;
+}
+
 /* n fp16 values from the generator, and the same values as floats. */
 static df_status upload_f16(struct device *dev, size_t n, uint32_t *seed, struct buf **out, float *values) {
-    _Float16 *h = malloc(n * sizeof *h);
+    uint16_t *h = malloc(n * sizeof *h);
     if (!h) return df_error(DF_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) {
-        h[i] = (_Float16)next_rand(seed);
-        values[i] = (float)h[i];
+        h[i] = half_bits(next_rand(seed));
+        values[i] = half_value(h[i]);
     }
     df_status st = buf_create(dev, n * sizeof *h, out);
     if (st == DF_OK) st = buf_write(*out, 0, h, n * sizeof *h);
