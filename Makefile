@@ -6,6 +6,7 @@
 #   make asan       the same suites built with ASan+UBSan
 #   make fuzz       libFuzzer target for the safetensors header parser (clang)
 #   make bench      kernel benchmarks on the Vulkan device vs a plain C loop
+#   make device-bundle  build/device-bundle/: the GPU-machine benchmark (deploy/device/run)
 
 SHELL   := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -188,6 +189,15 @@ bench: $(BUILD)/bench_kernels $(BUILD)/diffusiond $(BENCH_MODEL) $(BENCH_SDXL)
 	XDG_RUNTIME_DIR=/tmp $(BUILD)/bench_kernels
 	XDG_RUNTIME_DIR=/tmp $(BUILD)/diffusiond bench --model $(BENCH_MODEL) --size 128 --size 256
 	XDG_RUNTIME_DIR=/tmp $(BUILD)/diffusiond bench --model $(BENCH_SDXL) --size 512 --decode-size 1024
+
+# The device benchmark for a GPU machine without our libraries or a package
+# registry (deploy/device-bundle.sh, deploy/device/run); `run --quick` is
+# its dry run on any Vulkan driver.
+SHARED_TOOLS ?= ../shared/tools
+DEVICE_TESTS := test_device test_kernels_gemm test_kernels_attn test_kernels_elem test_kernels_norm
+.PHONY: device-bundle
+device-bundle: $(BUILD)/diffusiond $(DEVICE_TESTS:%=$(BUILD)/tests/%) deploy/device-bundle.sh deploy/device/run
+	./deploy/device-bundle.sh $(BUILD) $(FIXTURES) $(SHARED_TOOLS) $(BUILD)/device-bundle
 
 clean:
 	rm -rf build

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "selftest.h"
 #include "shaders.h"
 
 #define STAGING_BYTES (32u << 20)
@@ -124,7 +125,73 @@ static int compute_queue_family(VkPhysicalDevice phys) {
     return any;
 }
 
-static void query_caps(VkPhysicalDevice phys, struct dev_caps *c, bool *usable) {
+static bool has_extension(const VkExtensionProperties *ext, uint32_t n, const char *name) {
+    for (uint32_t i = 0; i < n; i++)
+        if (strcmp(ext[i].extensionName, name) == 0) return true;
+    return false;
+}
+
+static uint8_t component_bits(VkComponentTypeNV t) {
+    return t == VK_COMPONENT_TYPE_FLOAT16_NV ? 16 : t == VK_COMPONENT_TYPE_FLOAT32_NV ? 32 : 0;
+}
+
+/* Extensions that are only reported, and the cooperative-matrix shapes. */
+static void query_extensions(VkInstance inst, VkPhysicalDevice phys, struct dev_caps *c) {
+    uint32_t n = 0;
+    vkEnumerateDeviceExtensionProperties(phys, NULL, &n, NULL);
+    VkExtensionProperties *ext = calloc(n ? n : 1, sizeof *ext);
+    if (!ext) return;
+    vkEnumerateDeviceExtensionProperties(phys, NULL, &n, ext);
+    c->coopmat_khr_ext = has_extension(ext, n, "VK_KHR_cooperative_matrix");
+    c->coopmat2_nv_ext = has_extension(ext, n, "VK_NV_cooperative_matrix2");
+    bool sgsc = has_extension(ext, n, VK_EXT_SUBGROUP_SIZE_CONTROL_EXTENSION_NAME) ||
+                c->api_version >= VK_API_VERSION_1_3;
+    bool nv = has_extension(ext, n, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME);
+    free(ext);
+    VkPhysicalDeviceSubgroupSizeControlFeatures fsc = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_SIZE_CONTROL_FEATURES};
+    VkPhysicalDeviceCooperativeMatrixFeaturesNV fcm = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV, .pNext = sgsc ? &fsc : NULL};
+    VkPhysicalDeviceFeatures2 f = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2,
+                                   .pNext = nv ? (void *)&fcm : sgsc ? (void *)&fsc : NULL};
+    vkGetPhysicalDeviceFeatures2(phys, &f);
+    if (sgsc && fsc.subgroupSizeControl && fsc.computeFullSubgroups) {
+        VkPhysicalDeviceSubgroupSizeControlProperties psc = {
+            .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_SIZE_CONTROL_PROPERTIES};
+        VkPhysicalDeviceProperties2 p = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &psc};
+        vkGetPhysicalDeviceProperties2(phys, &p);
+        c->subgroup_size_control = (psc.requiredSubgroupSizeStages & VK_SHADER_STAGE_COMPUTE_BIT) != 0;
+        c->min_subgroup_size = psc.minSubgroupSize;
+        c->max_subgroup_size = psc.maxSubgroupSize;
+    }
+    if (!nv || !fcm.cooperativeMatrix) return;
+    PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV get = (PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV)
+        vkGetInstanceProcAddr(inst, "vkGetPhysicalDeviceCooperativeMatrixPropertiesNV");
+    if (!get) return;
+    uint32_t np = 0;
+    get(phys, &np, NULL);
+    VkCooperativeMatrixPropertiesNV *props = calloc(np ? np : 1, sizeof *props);
+    if (!props) return;
+    for (uint32_t i = 0; i < np; i++) props[i].sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_NV;
+    get(phys, &np, props);
+    for (uint32_t i = 0; i < np && c->ncoopmat < 16; i++) {
+        if (props[i].scope != VK_SCOPE_SUBGROUP_NV) continue;
+        c->coopmat[c->ncoopmat++] = (struct dev_coopmat){
+            props[i].MSize, props[i].NSize, props[i].KSize, component_bits(props[i].AType),
+            component_bits(props[i].BType), component_bits(props[i].CType), component_bits(props[i].DType)};
+    }
+    free(props);
+    c->coopmat_nv = c->ncoopmat > 0;
+    for (int i = 0; i < c->ncoopmat; i++) {
+        const struct dev_coopmat *m = &c->coopmat[i];
+        if (m->m == 16 && m->n == 16 && m->k == 16 && m->a == 16 && m->b == 16 && m->c == 32 && m->d == 32)
+            c->gemm_coop_available = c->subgroup_size == 32 && c->shader_float16 && c->storage_16bit &&
+                                     c->vulkan_memory_model &&
+                                     c->max_shared_memory >= 32768 && c->max_workgroup_invocations >= 256;
+    }
+}
+
+static void query_caps(VkInstance inst, VkPhysicalDevice phys, struct dev_caps *c, bool *usable) {
     VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
     VkPhysicalDeviceVulkan11Features f11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES, .pNext = &f12};
     VkPhysicalDeviceFeatures2 f = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f11};
@@ -157,6 +224,7 @@ static void query_caps(VkPhysicalDevice phys, struct dev_caps *c, bool *usable) 
     c->storage_16bit = v12 && f11.storageBuffer16BitAccess;
     c->storage_8bit = v12 && f12.storageBuffer8BitAccess;
     c->shader_float16 = v12 && f12.shaderFloat16;
+    c->vulkan_memory_model = v12 && f12.vulkanMemoryModel;
     c->shader_int64 = f.features.shaderInt64;
     c->buffer_device_address = v12 && f12.bufferDeviceAddress;
     c->subgroup_size = v12 ? p11.subgroupSize : 1;
@@ -191,6 +259,7 @@ static void query_caps(VkPhysicalDevice phys, struct dev_caps *c, bool *usable) 
         vkGetPhysicalDeviceQueueFamilyProperties(phys, &n, props);
         c->timestamps = props[qf].timestampValidBits > 0 && pp->limits.timestampPeriod > 0;
     }
+    if (v12) query_extensions(inst, phys, c);
     if (usable) *usable = v12 && c->buffer_device_address && qf >= 0;
 }
 
@@ -206,7 +275,7 @@ df_status dev_list(struct dev_caps *caps, bool *usable, int max, int *count) {
     vkEnumeratePhysicalDevices(inst, &n, phys);
     int k = 0;
     for (uint32_t i = 0; i < n && k < max; i++, k++)
-        query_caps(phys[i], &caps[k], usable ? &usable[k] : NULL);
+        query_caps(inst, phys[i], &caps[k], usable ? &usable[k] : NULL);
     *count = (int)n;
     vkDestroyInstance(inst, NULL);
     return DF_OK;
@@ -228,7 +297,7 @@ static df_status pick_device(struct device *d, VkPhysicalDevice *phys, uint32_t 
     for (uint32_t i = 0; i < n; i++) {
         struct dev_caps c;
         bool usable;
-        query_caps(phys[i], &c, &usable);
+        query_caps(d->instance, phys[i], &c, &usable);
         if (cfg->index >= 0 && (int)i != cfg->index) continue;
         if (cfg->name_contains && *cfg->name_contains && !strstr(c.name, cfg->name_contains))
             continue;
@@ -282,18 +351,27 @@ static df_status create_logical(struct device *d) {
         .bufferDeviceAddress = VK_TRUE,
         .shaderFloat16 = d->caps.shader_float16,
         .storageBuffer8BitAccess = d->caps.storage_8bit,
+        /* the matrix shaders' scopes (GL_KHR_memory_scope_semantics) */
+        .vulkanMemoryModel = d->caps.gemm_coop_available,
     };
     VkPhysicalDeviceVulkan11Features f11 = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES, .pNext = &f12,
         .storageBuffer16BitAccess = d->caps.storage_16bit,
     };
+    VkPhysicalDeviceCooperativeMatrixFeaturesNV fcm = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV, .pNext = &f11,
+        .cooperativeMatrix = VK_TRUE,
+    };
+    bool coop = d->caps.gemm_coop_available;
     VkPhysicalDeviceFeatures2 f = {
-        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f11,
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = coop ? (void *)&fcm : (void *)&f11,
         .features = {.shaderInt64 = d->caps.shader_int64},
     };
+    const char *exts[] = {VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME};
     VkDeviceCreateInfo ci = {
         .sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .pNext = &f,
         .queueCreateInfoCount = 1, .pQueueCreateInfos = &qci,
+        .enabledExtensionCount = coop ? 1 : 0, .ppEnabledExtensionNames = coop ? exts : NULL,
     };
     df_status st = vk_check(vkCreateDevice(d->phys, &ci, NULL, &d->dev), "vkCreateDevice");
     if (st != DF_OK) return st;
@@ -359,6 +437,7 @@ df_status dev_create(const struct dev_config *cfg, struct device **out) {
         dev_destroy(d);
         return st;
     }
+    selftest_device(d);
     *out = d;
     return DF_OK;
 }

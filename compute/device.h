@@ -21,6 +21,7 @@ struct dev_caps {
     bool storage_16bit;           /* storageBuffer16BitAccess */
     bool storage_8bit;            /* storageBuffer8BitAccess */
     bool shader_float16;          /* fp16 arithmetic */
+    bool vulkan_memory_model;     /* vulkanMemoryModel (the matrix shaders declare it) */
     bool shader_int64;
     bool buffer_device_address;   /* required by diffusiond's kernels */
     uint32_t subgroup_size;
@@ -35,6 +36,23 @@ struct dev_caps {
     bool host_visible_device_local; /* a memory type that maps directly */
     bool timestamps;              /* compute queue timestamps usable */
     double timestamp_period_ns;
+    /* subgroup size control (VK_EXT_subgroup_size_control / 1.3) */
+    bool subgroup_size_control;
+    uint32_t min_subgroup_size, max_subgroup_size;
+    /* matrix units: VK_NV_cooperative_matrix and the shapes it reports
+     * (subgroup scope); the KHR and NV2 extensions are only noted */
+    bool coopmat_nv;
+    bool coopmat_khr_ext, coopmat2_nv_ext;
+    int ncoopmat;
+    struct dev_coopmat {
+        uint32_t m, n, k;
+        uint8_t a, b, c, d;       /* component types: 16 = fp16, 32 = fp32, other = 0 */
+    } coopmat[16];
+    /* the cooperative-matrix GEMM: offered by the device (16x16x16 fp16
+     * operands with fp32 sums, subgroups of 32), and in use (its start-up
+     * self-test passed) */
+    bool gemm_coop_available;
+    bool gemm_coop;
 };
 
 struct dev_config {
@@ -42,6 +60,7 @@ struct dev_config {
     const char *name_contains;  /* substring of the device name, or NULL */
     bool validation;            /* enable VK_LAYER_KHRONOS_validation */
     bool force_staging;         /* never map device memory directly */
+    bool no_matrix_units;       /* never use cooperative matrices (A/B timing) */
 };
 
 struct device;

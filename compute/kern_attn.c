@@ -84,8 +84,30 @@ static bool plan_wide_sg(const struct dev_caps *caps, int d, struct attn_plan *o
     return true;
 }
 
-static bool plan_path(enum attn_path path, const struct dev_caps *caps, int d, struct attn_plan *out) {
+/* attn_coop.glsl, only when forced (tests): on the H200 (SD1.5 512^2 UNet,
+ * 2026-12-04) it took 32.4 ms against the fp32 tiled loop's 14.9: the
+ * output's round trip through shared memory per 32 keys costs more than
+ * the matrix units save. NSG subgroups of 16 queries; its shared arrays (K and V
+ * fp16 rows of DP + 8, per subgroup O fp32, S fp32 and P fp16 rows of 40)
+ * must fit, so wide heads get fewer subgroups. */
+static bool plan_coop(const struct dev_caps *caps, int d, bool causal, struct attn_plan *out) {
+    if (!caps->gemm_coop_available || !caps->subgroup_shuffle || causal || d > ATTN_TILED_MAX_D) return false;
+    uint32_t dp = ((uint32_t)d + 15) / 16 * 16;
+    for (uint32_t nsg = 4; nsg >= 1; nsg /= 2) {
+        uint32_t shared = 2 * 32 * (dp + 8) * 2 + nsg * 16 * (dp * 4 + 32 * 4 + 40 * 2);
+        /* within 32 KiB like every plan: several workgroups per GPU core */
+        if (shared <= caps->max_shared_memory && shared <= 32768 && 32 * nsg <= caps->max_workgroup_invocations) {
+            *out = (struct attn_plan){.path = ATTN_COOP, .wg = 32 * nsg, .rows = 16 * nsg, .rq = nsg,
+                                      .shared_bytes = shared};
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool plan_path(enum attn_path path, const struct dev_caps *caps, int d, bool causal, struct attn_plan *out) {
     switch (path) {
+    case ATTN_COOP: return plan_coop(caps, d, causal, out);
     case ATTN_TILED: return plan_tiled(caps, d, out);
     case ATTN_SUBGROUP: return plan_subgroup(caps, d, out);
     case ATTN_WIDE: return plan_wide(caps, d, false, out);
@@ -95,9 +117,9 @@ static bool plan_path(enum attn_path path, const struct dev_caps *caps, int d, s
     }
 }
 
-bool kern_attn_plan(const struct dev_caps *caps, int d, struct attn_plan *out) {
+bool kern_attn_plan(const struct dev_caps *caps, int d, bool causal, struct attn_plan *out) {
     if (d < 1 || d > ATTN_MAX_D) return false;
-    if (forced != ATTN_AUTO && plan_path(forced, caps, d, out)) return true;
+    if (forced != ATTN_AUTO && plan_path(forced, caps, d, causal, out)) return true;
     /* CPU drivers (lavapipe, N = 2048, CPU seconds): the GEMM-like wide
      * loop beats the subgroup loop from D = 32 on (D 32: 0.10 vs 0.14, D
      * 64: 0.20 vs 0.39) and loses below (D 16: 0.074 vs 0.063); the tiled
@@ -118,7 +140,7 @@ df_status kern_attention(struct enc *e, const struct cg_op *op) {
     if ((double)batch * (double)(nq > nk ? nq : nk) * (double)hd >= 4294967040.0)
         return df_error(DF_EUNSUPPORTED, "attention: tensors exceed 32-bit indexing");
     struct attn_plan pl;
-    if (!kern_attn_plan(enc_caps(e), (int)(d < ATTN_MAX_D + 1 ? d : ATTN_MAX_D + 1), &pl))
+    if (!kern_attn_plan(enc_caps(e), (int)(d < ATTN_MAX_D + 1 ? d : ATTN_MAX_D + 1), op->p.attn.causal, &pl))
         return df_error(DF_EUNSUPPORTED, "attention: head dim %lld not supported on this device", (long long)d);
     int64_t qblocks = (nq + pl.rows - 1) / pl.rows;
     struct {
@@ -130,11 +152,12 @@ df_status kern_attention(struct enc *e, const struct cg_op *op) {
             (float)(op->p.attn.scale * 1.4426950408889634)};
     bool vec4 = d % 4 == 0 && (pc.q | pc.k | pc.v | pc.o) % 16 == 0;
     static const char *const names[] = {"attention", "attention_sg", "attention_wide", "attention_wide_smem",
-                                        "attention_wide_sg"};
-    /* constant 2: BK, RQ or BQ; 5: KG (TN for wide_sg); see attention.comp */
-    uint32_t spec[6] = {pl.wg, (uint32_t)d, pl.path == ATTN_TILED ? pl.bk : pl.path == ATTN_SUBGROUP ? pl.rq : pl.rows,
-                        op->p.attn.causal, vec4, pl.kg};
+                                        "attention_wide_sg", "attention_cm"};
+    /* constant 2: BK, RQ, BQ or NSG (coop); 5: KG (TN for wide_sg); see attention.comp */
+    uint32_t c2 = pl.path == ATTN_TILED ? pl.bk : pl.path == ATTN_SUBGROUP || pl.path == ATTN_COOP ? pl.rq : pl.rows;
+    uint32_t spec[6] = {pl.wg, (uint32_t)d, c2, op->p.attn.causal, vec4, pl.kg};
     uint32_t gx, gy;
     enc_grid(e, pc.total, &gx, &gy);
-    return enc_dispatch(e, names[pl.path], spec, pl.path == ATTN_TILED ? 5 : 6, &pc, sizeof pc, gx, gy, 1);
+    int nspec = pl.path == ATTN_TILED || pl.path == ATTN_COOP ? 5 : 6;
+    return enc_dispatch(e, names[pl.path], spec, nspec, &pc, sizeof pc, gx, gy, 1);
 }

@@ -14,6 +14,7 @@ enum attn_path {
     ATTN_WIDE,      /* GPUs, wide heads: lanes split the head dim, scores by subgroupAdd */
     ATTN_WIDE_SMEM, /* the same, scores summed in shared memory */
     ATTN_WIDE_SG,   /* CPU drivers: one subgroup, scores as a GEMM by shuffles */
+    ATTN_COOP,      /* matrix units (after the start-up self-test), no causal mask, D <= 160 */
 };
 
 struct attn_plan {
@@ -21,7 +22,7 @@ struct attn_plan {
     uint32_t wg;            /* invocations per workgroup */
     uint32_t rows;          /* queries per workgroup */
     uint32_t bk;            /* tiled: keys per shared tile */
-    uint32_t rq;            /* subgroup: query rows per lane */
+    uint32_t rq;            /* subgroup: query rows per lane; coop: subgroups */
     uint32_t kg;            /* subgroup, wide: keys per online-softmax step;
                                wide_sg: keys per lane per chunk */
     uint32_t shared_bytes;  /* shared memory per workgroup */
@@ -40,8 +41,8 @@ struct attn_plan {
 
 /* The plan for head dim d on a device (honouring a forced path where it
  * can serve d, else the device's choice); false if the head dim cannot be
- * served. */
-bool kern_attn_plan(const struct dev_caps *caps, int d, struct attn_plan *out);
+ * served. Causal masks never take the matrix path. */
+bool kern_attn_plan(const struct dev_caps *caps, int d, bool causal, struct attn_plan *out);
 
 /* Forces a path for programs created afterwards (tests); ATTN_AUTO undoes. */
 void kern_attn_force_path(enum attn_path path);

@@ -21,6 +21,8 @@
 //   attn_wsg.glsl    CPU drivers, D >= 32 (variant "attention_wide_sg",
 //                    -DATTN_WIDE_SG): one subgroup, scores of a key chunk
 //                    as a small GEMM with q passed by shuffles
+//   attn_coop.glsl   GPUs with matrix units (variant "attention_cm",
+//                    -DATTN_COOP): scores and P v on cooperative matrices
 // Specialization constants: 0 workgroup size, 1 head dim D, 2 BK keys per
 // tile / RQ rows per lane / BQ rows per workgroup, 3 causal, 4 vec4 access,
 // 5 KG keys per softmax step (attn_sg, attn_wide) / TN keys per lane and
@@ -65,7 +67,9 @@ void store4(uint at, uint c, vec4 val) {
     }
 }
 
-#if defined(ATTN_SG)
+#if defined(ATTN_COOP)
+#include "attn_coop.glsl"
+#elif defined(ATTN_SG)
 #include "attn_sg.glsl"
 #elif defined(ATTN_WIDE) || defined(ATTN_WIDE_SMEM)
 #include "attn_wide.glsl"

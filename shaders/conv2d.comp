@@ -98,8 +98,10 @@ void store_c(uint m, uint n, float acc) {
     Floats(pc.y).v[(image() * pc.o + m) * pc.p + n] = v;
 }
 
-#ifdef SUBGROUP
+#if defined(SUBGROUP)
 #include "gemm_sg.glsl"
+#elif defined(COOP)
+#include "gemm_coop.glsl"
 #else
 #include "gemm_core.glsl"
 #endif

@@ -4,6 +4,11 @@
 // Needs the includer's a_elem/b_elem/a_vec4/b_vec4, A_VEC/B_VEC, PC_M/N/K.
 
 vec4 load_a4(uint m, uint k) {
+#ifdef TEST_BROKEN
+    // the deliberately wrong variants (*_bad) behind the self-test's own
+    // test: A's last 4 columns read as zero
+    if (k + 4u >= PC_K) return vec4(0.0);
+#endif
     bool min = m < PC_M;
     uint mc = min ? m : PC_M - 1u;
     vec4 v;

@@ -86,8 +86,10 @@ void store_c(uint m, uint n, float acc) {
     Floats(pc.y).v[(batch() * pc.m + m) * pc.n + n] = v;
 }
 
-#ifdef SUBGROUP
+#if defined(SUBGROUP)
 #include "gemm_sg.glsl"
+#elif defined(COOP)
+#include "gemm_coop.glsl"
 #else
 #include "gemm_core.glsl"
 #endif

@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "../compute/kern_attn.h"
+#include "../compute/selftest.h"
 #include "testutil.h"
 
 #define TOL_F32 1e-5
@@ -65,7 +66,7 @@ static double run_attn(const struct attn_case *c, enum attn_path path, int sampl
     struct device *d = tu_device();
     struct attn_plan pl;
     kern_attn_force_path(path);
-    assert_true(kern_attn_plan(dev_caps(d), c->d, &pl));
+    assert_true(kern_attn_plan(dev_caps(d), c->d, c->causal, &pl));
     int64_t hd = (int64_t)c->heads * c->d;
     size_t nq = (size_t)c->b * c->nq * hd, nk = (size_t)c->b * c->nk * hd;
     float *q = tu_random(nq, 100 + c->d, -3, 3), *k = tu_random(nk, 200 + c->nk, -3, 3);
@@ -123,12 +124,15 @@ static double run_attn(const struct attn_case *c, enum attn_path path, int sampl
     if (pl.path == ATTN_TILED) snprintf(how, sizeof how, "tiled %ux%u, %u B shared", pl.rows, pl.bk, pl.shared_bytes);
     else if (pl.path == ATTN_SUBGROUP) snprintf(how, sizeof how, "subgroup %u lanes x %u rows, %u keys/step", pl.wg, pl.rq, pl.kg);
     else if (pl.path == ATTN_WIDE_SG) snprintf(how, sizeof how, "wide_sg %u lanes, %u rows, %u keys/lane", pl.wg, pl.rows, pl.kg);
+    else if (pl.path == ATTN_COOP) snprintf(how, sizeof how, "matrix %u subgroups, %u B shared", pl.rq, pl.shared_bytes);
     else snprintf(how, sizeof how, "wide %u lanes, %u rows, %u keys/step, %s", pl.wg, pl.rows, pl.kg,
                   pl.path == ATTN_WIDE ? "subgroupAdd" : "shared sums");
     print_message("  attention b%d nq%d nk%d h%d d%-4d%s %-44s%s: rel L2 %.3g, run %.3f s (%.2f GFLOP/s)\n", c->b,
                   c->nq, c->nk, c->heads, c->d, c->causal ? " causal" : "", how, rows < c->nq ? " sampled" : "", err,
                   secs, 4.0 * c->b * c->heads * c->nq * c->nk * c->d / (secs > 0 ? secs : 1e-9) * 1e-9);
-    if (!(err <= TOL_F32)) fail_msg("attention: relative L2 error %g > %g", err, TOL_F32);
+    /* the matrix path multiplies fp16 operands: the project's fp16 bound */
+    double tol = pl.path == ATTN_COOP ? 1e-2 : TOL_F32;
+    if (!(err <= tol)) fail_msg("attention: relative L2 error %g > %g", err, tol);
     free(q);
     free(k);
     free(v);
@@ -143,7 +147,7 @@ static double run_attn(const struct attn_case *c, enum attn_path path, int sampl
 static bool serves(enum attn_path path, int d) {
     struct attn_plan pl;
     kern_attn_force_path(path);
-    bool ok = kern_attn_plan(dev_caps(tu_device()), d, &pl) && pl.path == path;
+    bool ok = kern_attn_plan(dev_caps(tu_device()), d, false, &pl) && pl.path == path;
     kern_attn_force_path(ATTN_AUTO);
     return ok;
 }
@@ -175,6 +179,37 @@ static void require_paths(int d, int n, const enum attn_path *paths) {
     if (!dev_caps(tu_device())->shader_int64 || !dev_caps(tu_device())->subgroup_arithmetic) return;
     for (int i = 0; i < n; i++)
         if (!serves(paths[i], d)) fail_msg("attention path %d does not serve head dim %d on this device", paths[i], d);
+}
+
+/* The matrix path (where the device offers cooperative matrices; not
+ * lavapipe) on odd lengths, padded head dims and several key steps. */
+static void test_coop_attention(void **state) {
+    (void)state;
+    if (!serves(ATTN_COOP, 40)) {
+        print_message("  no cooperative matrices on %s: matrix attention not run here\n", dev_caps(tu_device())->name);
+        return;
+    }
+    static const struct attn_case cases[] = {
+        {2, 33, 33, 3, 8, false}, {1, 150, 150, 2, 40, false}, {2, 37, 77, 2, 40, false},
+        {1, 41, 29, 2, 80, false}, {1, 23, 31, 3, 13, false}, {1, 300, 4096, 1, 40, false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_attn(&cases[i], ATTN_COOP, 0, NULL);
+}
+
+/* The start-up check of attention paths (compute/selftest.c) passes the
+ * device's own choice, and the matrix path where the device offers it. */
+static void test_selftest(void **state) {
+    (void)state;
+    struct selftest_result r;
+    assert_int_equal(selftest_attention(tu_device(), &r), DF_OK);
+    print_message("  self-test, device's choice: %s %.2e, %s %.2e\n", r.what[0], r.err[0], r.what[1], r.err[1]);
+    assert_true(r.passed);
+    if (!serves(ATTN_COOP, 40)) return;
+    kern_attn_force_path(ATTN_COOP);
+    assert_int_equal(selftest_attention(tu_device(), &r), DF_OK);
+    kern_attn_force_path(ATTN_AUTO);
+    print_message("  self-test, matrix path: %s %.2e, %s %.2e\n", r.what[0], r.err[0], r.what[1], r.err[1]);
+    assert_true(r.passed);
 }
 
 static void test_self_attention(void **state) {
@@ -230,13 +265,13 @@ static void test_causal(void **state) {
 static void test_plans(void **state) {
     (void)state;
     const struct dev_caps *caps = dev_caps(tu_device());
-    for (int path = ATTN_AUTO; path <= ATTN_WIDE_SG; path++) {
+    for (int path = ATTN_AUTO; path <= ATTN_COOP; path++) {
         for (int d = 1; d <= ATTN_MAX_D; d++) {
             struct attn_plan pl, own;
             kern_attn_force_path(ATTN_AUTO);
-            assert_true(kern_attn_plan(caps, d, &own));
+            assert_true(kern_attn_plan(caps, d, false, &own));
             kern_attn_force_path((enum attn_path)path);
-            assert_true(kern_attn_plan(caps, d, &pl));
+            assert_true(kern_attn_plan(caps, d, false, &pl));
             assert_true(pl.shared_bytes <= caps->max_shared_memory && pl.shared_bytes <= 32768);
             assert_true(pl.wg >= 1 && pl.wg <= caps->max_workgroup_invocations && pl.rows >= 1);
             switch (pl.path) {
@@ -248,6 +283,7 @@ static void test_plans(void **state) {
             case ATTN_WIDE: assert_true(pl.wg == caps->subgroup_size && pl.shared_bytes == 0 && pl.kg >= 1); break;
             case ATTN_WIDE_SMEM: assert_true(pl.shared_bytes > 0 && pl.kg >= 1); break;
             case ATTN_WIDE_SG: assert_true(pl.wg == caps->subgroup_size && pl.kg >= 1 && pl.shared_bytes == 0); break;
+            case ATTN_COOP: assert_true(d <= ATTN_TILED_MAX_D && pl.wg == 32 * pl.rq && pl.rows == 16 * pl.rq); break;
             default: fail_msg("unknown path %d", pl.path);
             }
             /* a forced loop that cannot serve d leaves the device's choice */
@@ -261,8 +297,13 @@ static void test_plans(void **state) {
     }
     kern_attn_force_path(ATTN_AUTO);
     struct attn_plan pl;
-    assert_false(kern_attn_plan(caps, ATTN_MAX_D + 1, &pl));
-    assert_false(kern_attn_plan(caps, 0, &pl));
+    assert_false(kern_attn_plan(caps, ATTN_MAX_D + 1, false, &pl));
+    assert_false(kern_attn_plan(caps, 0, false, &pl));
+    /* causal masks never take the matrix path */
+    kern_attn_force_path(ATTN_COOP);
+    assert_true(kern_attn_plan(caps, 40, true, &pl));
+    assert_int_not_equal(pl.path, ATTN_COOP);
+    kern_attn_force_path(ATTN_AUTO);
 }
 
 /* 4096 queries x 4096 keys on the device's own choice of loop: the score
@@ -291,6 +332,8 @@ int main(void) {
         cmocka_unit_test(test_wide_heads),
         cmocka_unit_test(test_vae_mid_block),
         cmocka_unit_test(test_plans),
+        cmocka_unit_test(test_coop_attention),
+        cmocka_unit_test(test_selftest),
         cmocka_unit_test(test_attention_4096),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);

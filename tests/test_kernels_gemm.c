@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "../compute/kern_gemm.h"
+#include "../compute/selftest.h"
 #include "testutil.h"
 
 #define TOL_F32 1e-5
@@ -455,6 +456,57 @@ static void test_auto_tiles_valid(void **state) {
         }
 }
 
+/* The start-up gate (compute/selftest.c): a path is switched on, checked,
+ * and switched off again when it fails. A deliberately broken variant
+ * (A's last columns dropped) must fail and end up off; the same check must
+ * pass the correct variant. The tiled path runs on every driver; the
+ * matrix path where the device offers it (not lavapipe). */
+static struct gemm_override gate_path;
+static bool gate_on;
+
+static void gate_enable(struct device *dev, bool on) {
+    (void)dev;
+    gate_on = on;
+    kern_gemm_override(on ? &gate_path : NULL);
+}
+
+static void gate(struct gemm_tiles t, bool broken, const char *label) {
+    gate_path = (struct gemm_override){.tiles = t, .storage16 = -1, .broken = broken};
+    kern_gemm_override(&gate_path);
+    struct selftest_result r;
+    assert_int_equal(selftest_gemm(tu_device(), &r), DF_OK);
+    print_message("  %-32s %s rel L2 %.2e, %s %.2e, %s %.2e: %s\n", label, r.what[0], r.err[0], r.what[1], r.err[1],
+                  r.what[2], r.err[2], r.passed ? "passes" : "rejected");
+    bool passed;
+    selftest_gate(tu_device(), label, gate_enable, selftest_gemm, &passed);
+    kern_gemm_override(NULL);
+    assert_int_equal(passed, !broken);
+    assert_int_equal(r.passed, !broken);
+    assert_int_equal(gate_on, !broken);  /* a failing path is switched off */
+}
+
+static void test_selftest_gate(void **state) {
+    (void)state;
+    struct gemm_tiles tiled = {GEMM_TILED, 64, 64, 16, 8, 8};
+    gate(tiled, false, "tiled GEMM");
+    gate(tiled, true, "tiled GEMM, deliberately broken");
+    const struct dev_caps *caps = dev_caps(tu_device());
+    if (!caps->gemm_coop_available) {
+        print_message("  no cooperative matrices on %s: matrix-path gate not run here\n", caps->name);
+        return;
+    }
+    print_message("  matrix GEMM in use after start-up: %s\n", caps->gemm_coop ? "yes" : "no (self-test failed)");
+    gate(kern_gemm_coop_tiles(false), false, "matrix GEMM");
+    gate(kern_gemm_coop_tiles(false), true, "matrix GEMM, deliberately broken");
+    gate(kern_gemm_coop_tiles(true), false, "matrix GEMM, small tiles");
+    gate(kern_gemm_coop_tiles(true), true, "matrix GEMM, small, broken");
+    /* K slices of 64 (bench --matrix-bk 64) */
+    struct gemm_tiles big64 = kern_gemm_coop_tiles(false), small64 = kern_gemm_coop_tiles(true);
+    big64.bk = small64.bk = 64;
+    gate(big64, false, "matrix GEMM, K slices of 64");
+    gate(small64, false, "matrix GEMM, small, K 64");
+}
+
 static int teardown(void **state) {
     (void)state;
     kern_gemm_override(NULL);
@@ -475,6 +527,7 @@ int main(void) {
         cmocka_unit_test(test_conv_shapes),
         cmocka_unit_test(test_conv_multi_tile),
         cmocka_unit_test(test_conv_forced),
+        cmocka_unit_test(test_selftest_gate),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);
 }
