@@ -17,7 +17,7 @@ static void test_caps(void **state) {
     assert_true(c->buffer_device_address);
     assert_true(c->subgroup_size >= 1);
     assert_true(c->max_storage_buffer_range > 0);
-    assert_true(c->max_allocation_size >= c->max_storage_buffer_range);
+    assert_true(c->max_allocation_size >= (uint64_t)1 << 30); /* the minimum Vulkan 1.1 requires; NVIDIA reports less than its storage range */
     struct dev_caps list[8];
     bool usable[8];
     int n = 0;
