@@ -167,10 +167,16 @@ df_status api_init_image(const struct api_ctx *app, const char *b64, int w, int 
     size_t len = 0;
     if (http_base64_decode(b64, strlen(b64), &png, &len) != DF_OK)
         return api_fail(e, 400, "invalid_base64", fld, "%s is not valid base64", fld);
+    df_status st = api_init_png(app, png, len, w, h, fld, out, e);
+    free(png);
+    return st;
+}
+
+df_status api_init_png(const struct api_ctx *app, const uint8_t *png, size_t len, int w, int h, const char *fld,
+                       float **out, struct api_error *e) {
     float *rgb = NULL;
     int iw = 0, ih = 0;
     df_status st = img_decode_png(png, len, app->cfg->max_image_pixels, &rgb, &iw, &ih, NULL);
-    free(png);
     if (st == DF_EINVAL)
         return api_fail(e, 413, "image_too_large", fld, "%s: %s (max_image_pixels %zu)", fld, df_errmsg(),
                         app->cfg->max_image_pixels);
@@ -844,6 +850,19 @@ static void route_models(struct api_ctx *app, struct http_request *req) {
 
 /* ---- routing ------------------------------------------------------------------------ */
 
+static const struct api_extension *extension_of(const struct api_ctx *app, const char *path) {
+    for (int i = 0; i < app->n_extensions; i++)
+        if (strncmp(path, app->extensions[i].prefix, strlen(app->extensions[i].prefix)) == 0)
+            return &app->extensions[i];
+    return NULL;
+}
+
+json_t *api_error_body(void *ctx, const char *path, int *status, const char *code, const char *field,
+                       const char *message) {
+    const struct api_extension *ext = extension_of(ctx, path);
+    return ext && ext->error_body ? ext->error_body(status, code, field, message) : NULL;
+}
+
 static bool method_is(struct http_request *req, const char *allowed) {
     if (strcmp(http_method(req), allowed) == 0) return true;
     if (strcmp(allowed, "GET") == 0 && strcmp(http_method(req), "HEAD") == 0) return true;
@@ -872,9 +891,7 @@ void api_handle(void *ctx, struct http_request *req) {
         if (method_is(req, "GET")) route_metrics(app, req);
         return;
     }
-    const struct api_extension *ext = NULL;
-    for (int i = 0; i < app->n_extensions && !ext; i++)
-        if (strncmp(path, app->extensions[i].prefix, strlen(app->extensions[i].prefix)) == 0) ext = &app->extensions[i];
+    const struct api_extension *ext = extension_of(app, path);
     bool known = strcmp(path, "/generate") == 0 || strcmp(path, "/jobs") == 0 || strncmp(path, "/jobs/", 6) == 0 ||
                  strcmp(path, "/models") == 0 || ext;
     if (!known) {

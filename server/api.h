@@ -30,6 +30,8 @@
 #include <jansson.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 #include "http.h"
@@ -39,10 +41,13 @@ struct api_ctx;
 
 /* Another API served beside the native one (the A1111 endpoints): every
  * path under `prefix` goes to `handle` once the models are ready; it returns
- * false for a path it does not know (404). */
+ * false for a path it does not know (404). `error_body`, when not NULL,
+ * gives every error answer under `prefix` (401, 404, 429, a failed job,
+ * ...) that API's shape, as http_error_fn does. */
 struct api_extension {
     const char *prefix;
     bool (*handle)(struct api_ctx *app, struct http_request *req);
+    json_t *(*error_body)(int *status, const char *code, const char *field, const char *message);
 };
 
 struct api_model {
@@ -69,6 +74,9 @@ struct api_ctx {
 
 /* The http_handler of the whole API. */
 void api_handle(void *ctx, struct http_request *req);
+/* Its http_error_fn: the shape of the extension whose prefix `path` has. */
+json_t *api_error_body(void *ctx, const char *path, int *status, const char *code, const char *field,
+                       const char *message);
 
 /* ---- shared with sdapi.c ------------------------------------------------ */
 
@@ -106,6 +114,9 @@ df_status api_sampler(const char *sampler, const char *schedule, const char *sam
  * "Just resize" does. */
 df_status api_init_image(const struct api_ctx *app, const char *b64, int w, int h, const char *field, float **out,
                     struct api_error *e);
+/* The same from the PNG file's bytes (a multipart upload). */
+df_status api_init_png(const struct api_ctx *app, const uint8_t *png, size_t len, int w, int h, const char *field,
+                       float **out, struct api_error *e);
 /* Limits from the config and what the model can do (strength too when
  * img2img; the init image itself is checked by api_init_image). */
 df_status api_check_params(const struct api_ctx *app, const struct job_params *p, bool img2img, struct api_error *e);

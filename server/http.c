@@ -256,6 +256,13 @@ void http_respond_error(struct http_request *r, int status, const char *code, co
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (r->s->cfg.error_body) {
+        json_t *other = r->s->cfg.error_body(r->s->cfg.ctx, r->url, &status, code, field, msg);
+        if (other) {
+            http_respond_json(r, status, other);
+            return;
+        }
+    }
     json_t *err = json_pack("{s:s, s:s}", "code", code, "message", msg);
     if (err && field) json_object_set_new(err, "field", json_string(field));
     http_respond_json(r, status, err ? json_pack("{s:o}", "error", err) : NULL);

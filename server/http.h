@@ -39,6 +39,12 @@ typedef void (*http_handler)(void *ctx, struct http_request *req);
  * 0 = nothing yet (the connection sleeps until http_wake); -1 = the end. */
 typedef long (*http_stream_fn)(void *ctx, char *buf, size_t max);
 
+/* Another API's error shape: the JSON body of an error answer to `path`
+ * (and its status, which it may change), or NULL for this layer's own
+ * shape. Every error goes through it, those of this layer (401, 413) too. */
+typedef json_t *(*http_error_fn)(void *ctx, const char *path, int *status, const char *code, const char *field,
+                                 const char *message);
+
 struct http_config {
     const char *host;
     int port;                      /* 0 = any free port */
@@ -53,6 +59,7 @@ struct http_config {
     int n_quiet_paths;
     http_handler handler;
     void *ctx;
+    http_error_fn error_body;      /* NULL = every error in this layer's shape; gets ctx */
 };
 
 /* Binds and starts serving. DF_EIO when the address cannot be bound. */
@@ -86,7 +93,8 @@ void http_add_header(struct http_request *r, const char *name, const char *value
 void http_respond(struct http_request *r, int status, const char *content_type, void *body, size_t len);
 /* Answers with a JSON document (reference stolen). */
 void http_respond_json(struct http_request *r, int status, json_t *body);
-/* {"error": {"code", "message", "field"}}; field may be NULL. */
+/* {"error": {"code", "message", "field"}}; field may be NULL. Unless
+ * the config's error_body gives another shape for this path. */
 void http_respond_error(struct http_request *r, int status, const char *code, const char *field, const char *fmt,
                         ...) __attribute__((format(printf, 5, 6)));
 /* Answers with a body produced by `read` (chunked); keepalive_s > 0 sends

@@ -127,7 +127,7 @@ df_status serve_create(const struct config *cfg, struct server **out) {
     atomic_init(&s->app.sd_model, 0);
     atomic_init(&s->app.sd_clip_skip, 1);
     atomic_init(&s->app.sd_rng, RNG_PHILOX); /* A1111's default randn_source is "GPU" */
-    static const struct api_extension extensions[] = {{"/sdapi/v1/", sdapi_handle}};
+    static const struct api_extension extensions[] = {{"/sdapi/v1/", sdapi_handle, NULL}};
     s->app.extensions = extensions;
     s->app.n_extensions = sizeof extensions / sizeof extensions[0];
 
@@ -137,7 +137,7 @@ df_status serve_create(const struct config *cfg, struct server **out) {
         .host = cfg->host, .port = cfg->port, .threads = cfg->http_threads, .max_body_bytes = cfg->max_body_bytes,
         .api_key = cfg->api_key, .cors_origins = cfg->cors_origins, .n_cors_origins = cfg->n_cors_origins,
         .open_paths = open_paths, .n_open_paths = 2, .quiet_paths = quiet_paths, .n_quiet_paths = 4,
-        .handler = api_handle, .ctx = &s->app,
+        .handler = api_handle, .ctx = &s->app, .error_body = api_error_body,
     };
     double t0 = clock_now();
     df_status st = http_create(&hc, &s->http);
