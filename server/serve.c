@@ -17,6 +17,7 @@
 #include "http.h"
 #include "jobs.h"
 #include "log.h"
+#include "openai.h"
 #include "sdapi.h"
 #include "../common/clock.h"
 
@@ -127,7 +128,8 @@ df_status serve_create(const struct config *cfg, struct server **out) {
     atomic_init(&s->app.sd_model, 0);
     atomic_init(&s->app.sd_clip_skip, 1);
     atomic_init(&s->app.sd_rng, RNG_PHILOX); /* A1111's default randn_source is "GPU" */
-    static const struct api_extension extensions[] = {{"/sdapi/v1/", sdapi_handle, NULL}};
+    static const struct api_extension extensions[] = {{"/sdapi/v1/", sdapi_handle, NULL},
+                                                      {"/v1/", openai_handle, openai_error_body}};
     s->app.extensions = extensions;
     s->app.n_extensions = sizeof extensions / sizeof extensions[0];
 
