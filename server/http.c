@@ -249,6 +249,22 @@ void http_respond_json(struct http_request *r, int status, json_t *body) {
     http_respond(r, status, "application/json", text, n + 1);
 }
 
+/* Replaces bytes that are not well-formed UTF-8 (RFC 3629) with '?':
+ * messages quote what clients sent, cut at a byte count ("%.100s"), and
+ * jansson refuses a string that is not UTF-8. */
+static void utf8_clean(char *s) {
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        int n = *p < 0x80 ? 1 : *p >= 0xC2 && *p <= 0xDF ? 2 : *p >= 0xE0 && *p <= 0xEF ? 3 : *p >= 0xF0 && *p <= 0xF4 ? 4 : 0;
+        bool ok = n > 0;
+        for (int i = 1; ok && i < n; i++) ok = (p[i] & 0xC0) == 0x80; /* stops at the NUL */
+        if (ok && n == 3) ok = !(p[0] == 0xE0 && p[1] < 0xA0) && !(p[0] == 0xED && p[1] >= 0xA0); /* overlong, surrogate */
+        if (ok && n == 4) ok = !(p[0] == 0xF0 && p[1] < 0x90) && !(p[0] == 0xF4 && p[1] >= 0x90); /* overlong, > U+10FFFF */
+        if (!ok) *p++ = '?';
+        else p += n;
+    }
+}
+
 void http_respond_error(struct http_request *r, int status, const char *code, const char *field, const char *fmt,
                         ...) {
     char msg[1024];
@@ -256,6 +272,7 @@ void http_respond_error(struct http_request *r, int status, const char *code, co
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    utf8_clean(msg);
     if (r->s->cfg.error_body) {
         json_t *other = r->s->cfg.error_body(r->s->cfg.ctx, r->url, &status, code, field, msg);
         if (other) {
