@@ -318,7 +318,7 @@ static df_status form_json(const struct multipart *mp, json_t **out, struct api_
         free(text);
         if (!v) {
             json_decref(o);
-            return api_fail(e, 400, "invalid_value", pt->name, "%s is not UTF-8 text", pt->name);
+            return api_fail(e, 400, "invalid_value", fields[k].name, "%s is not UTF-8 text", fields[k].name);
         }
         json_object_set_new(o, pt->name, v);
     }
