@@ -22,11 +22,13 @@
 static const char *const openai_model_prefixes[] = {"dall-e-", "gpt-image-"};
 
 /* A model's natural size, for requests without `size` (OpenAI's default,
- * 1024x1024, would be a poor and slow image on SD1.x). */
+ * 1024x1024, would be a poor and slow image on SD1.x); 512 for the rest.
+ * SD2.x's 768 models are its v-prediction ones (SD2 base is 512). */
 static const struct {
     const char *family;
+    bool v_only;
     int size;
-} native_sizes[] = {{"sd1", 512}, {"sd2", 768}, {"sdxl", 1024}};
+} native_sizes[] = {{"sd2", true, 768}, {"sdxl", false, 1024}};
 
 /* The request fields, typed: JSON bodies are read by type; form fields
  * (text) are turned into this type first. */
@@ -160,7 +162,9 @@ static df_status parse_request(struct api_ctx *app, const json_t *o, const struc
     const struct model *m = app->models[p->model].m;
     int align = m->family->size_align(m), native = 512;
     for (size_t i = 0; i < sizeof native_sizes / sizeof native_sizes[0]; i++)
-        if (strcmp(m->family->name, native_sizes[i].family) == 0) native = native_sizes[i].size;
+        if (strcmp(m->family->name, native_sizes[i].family) == 0 &&
+            (!native_sizes[i].v_only || m->scheduler.prediction_type == SMP_PRED_V))
+            native = native_sizes[i].size;
     double iw = native, ih = native;
     if (image) png_size(image->data, image->len, &iw, &ih); /* an edit keeps its image's size */
     fit_size(app, align, iw, ih, &r->width, &r->height);
