@@ -255,11 +255,16 @@ void http_respond_json(struct http_request *r, int status, json_t *body) {
 static void utf8_clean(char *s) {
     unsigned char *p = (unsigned char *)s;
     while (*p) {
-        int n = *p < 0x80 ? 1 : *p >= 0xC2 && *p <= 0xDF ? 2 : *p >= 0xE0 && *p <= 0xEF ? 3 : *p >= 0xF0 && *p <= 0xF4 ? 4 : 0;
+        int n = *p < 0x80                  ? 1
+              : *p >= 0xC2 && *p <= 0xDF ? 2
+              : *p >= 0xE0 && *p <= 0xEF ? 3
+              : *p >= 0xF0 && *p <= 0xF4 ? 4
+                                         : 0;
         bool ok = n > 0;
         for (int i = 1; ok && i < n; i++) ok = (p[i] & 0xC0) == 0x80; /* stops at the NUL */
-        if (ok && n == 3) ok = !(p[0] == 0xE0 && p[1] < 0xA0) && !(p[0] == 0xED && p[1] >= 0xA0); /* overlong, surrogate */
-        if (ok && n == 4) ok = !(p[0] == 0xF0 && p[1] < 0x90) && !(p[0] == 0xF4 && p[1] >= 0x90); /* overlong, > U+10FFFF */
+        /* overlong forms, surrogates, beyond U+10FFFF */
+        if (ok && n == 3) ok = !(p[0] == 0xE0 && p[1] < 0xA0) && !(p[0] == 0xED && p[1] >= 0xA0);
+        if (ok && n == 4) ok = !(p[0] == 0xF0 && p[1] < 0x90) && !(p[0] == 0xF4 && p[1] >= 0x90);
         if (!ok) *p++ = '?';
         else p += n;
     }

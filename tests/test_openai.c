@@ -291,8 +291,8 @@ static void test_generations_url(void **state) {
              strlen(small), &r);
     if (r.status != 200) fail_msg("%d %.300s", r.status, r.body);
     j = su_json(&r);
-    assert_int_equal(strncmp(su_str(json_array_get(json_object_get(j, "data"), 0), "url"), "https://127.0.0.1/jobs/", 23),
-                     0);
+    const char *https = su_str(json_array_get(json_object_get(j, "data"), 0), "url");
+    assert_int_equal(strncmp(https, "https://127.0.0.1/jobs/", 23), 0);
     json_decref(j);
     su_free(&r);
     int fd = su_connect(g_port);
@@ -651,7 +651,7 @@ static void test_auth(void **state) {
         su_free(&r);
     }
     double submitted = su_metric(d.port, key, SUBMITTED);
-    su_req(d.port, "POST", "/v1/images/generations", NULL, "{\"prompt\": \"x\", \"size\": \"64x64\", \"steps\": 1}", &r);
+    su_req(d.port, "POST", "/v1/images/generations", NULL, "{\"prompt\": \"x\", \"size\": \"64x64\"}", &r);
     oa_expect_error(&r, 401, "unauthorized", NULL);
     su_free(&r);
     size_t pn, len;
