@@ -288,7 +288,7 @@ static df_status decode_latent(struct pipe_worker *w, const struct model *m, con
             for (int ch = 0; ch < 3; ch++) {
                 float p = img[ch * hw + i] / 2 + 0.5f;
                 if (!isfinite(p)) {
-                    st = df_error(DF_EINVAL, "the VAE decoded a non-finite value (the latent diverged: try fewer "
+                    st = df_error(DF_ENUMERIC, "the VAE decoded a non-finite value (the latent diverged: try fewer "
                                              "steps, a lower cfg_scale or another sampler)");
                     break;
                 }

@@ -154,6 +154,7 @@ static const char *status_code(df_status st) {
     case DF_EIO: return "io_error";
     case DF_EFORMAT: return "invalid_input";
     case DF_EUNSUPPORTED: return "unsupported";
+    case DF_ENUMERIC: return "numeric_error";
     default: return "internal_error";
     }
 }
