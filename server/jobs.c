@@ -383,6 +383,8 @@ static void run_job(struct worker *w, struct job *j) {
     double secs = j->t_finished - j->t_started;
     enum job_state final = j->state;
     pthread_mutex_unlock(&js->mu);
+    if (final == JOB_DONE && res.vae_fp32_retry)
+        log_write(LOGL_WARN, j->id, "the VAE overflowed with fp16 weights: decoded again in fp32");
     pipe_result_free(&res);
     if (final == JOB_DONE) log_write(LOGL_INFO, j->id, "done in %.2f s", secs);
     else log_write(final == JOB_FAILED ? LOGL_WARN : LOGL_INFO, j->id, "%s after %.2f s: %s: %s",
