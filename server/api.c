@@ -236,6 +236,27 @@ df_status api_check_params(const struct api_ctx *app, const struct job_params *p
     return DF_OK;
 }
 
+const char *const api_json_types[] = {"application/json", NULL};
+
+bool api_body_type_ok(struct http_request *req, const char *const *accepted) {
+    const char *ct = http_header(req, "Content-Type");
+    if (!ct) return true;
+    while (*ct == ' ' || *ct == '\t') ct++;
+    size_t n = strcspn(ct, "; \t");
+    for (int i = 0; accepted[i]; i++) {
+        if (strlen(accepted[i]) == n && strncasecmp(ct, accepted[i], n) == 0) return true;
+        /* application/problem+json, application/vnd.x+json: JSON too */
+        if (strcmp(accepted[i], "application/json") == 0 && n > 5 && strncasecmp(ct + n - 5, "+json", 5) == 0)
+            return true;
+    }
+    char list[256] = "";
+    for (int i = 0; accepted[i]; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", accepted[i]);
+    http_respond_error(req, 415, "unsupported_media_type", NULL, "Content-Type %.*s: this endpoint takes %s",
+                       (int)(n < 100 ? n : 100), ct, list);
+    return false;
+}
+
 /* ---- submitting and waiting ---------------------------------------------------- */
 
 struct job *api_submit(struct api_ctx *app, struct http_request *req, struct job_params *p) {
@@ -492,6 +513,7 @@ static void generate_done(struct api_ctx *app, struct http_request *req, struct 
 static void route_generate(struct api_ctx *app, struct http_request *req, bool async) {
     struct job_params p;
     struct api_error e;
+    if (!api_body_type_ok(req, api_json_types)) return;
     if (parse_native(app, req, &p, &e) != DF_OK) {
         api_send_error(req, &e);
         return;

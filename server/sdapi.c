@@ -224,6 +224,7 @@ static df_status parse_sd(struct api_ctx *app, const json_t *o, bool img2img, st
 }
 
 static void route_generate(struct api_ctx *app, struct http_request *req, bool img2img) {
+    if (!api_body_type_ok(req, api_json_types)) return;
     size_t len;
     const char *body = http_body(req, &len);
     json_error_t jerr;
@@ -340,6 +341,7 @@ static json_t *options(const struct api_ctx *app) {
 }
 
 static void route_set_options(struct api_ctx *app, struct http_request *req) {
+    if (!api_body_type_ok(req, api_json_types)) return;
     size_t len;
     const char *body = http_body(req, &len);
     json_t *o = json_loadb(body, len, 0, NULL);
