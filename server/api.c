@@ -5,6 +5,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -224,6 +225,13 @@ df_status api_check_params(const struct api_ctx *app, const struct job_params *p
                                 sizes[i].name, k, v[k], sizes[i].min);
     }
     if (r->seed < -1) return api_fail(e, 422, "out_of_range", "seed", "seed must be >= 0, or -1 for a random one");
+    /* image i uses seed + i (A1111): the last must still be a 64-bit signed
+     * integer, the type of every seed in our answers (A1111 itself fails past
+     * its Philox key's 2^64) */
+    if (r->seed > INT64_MAX - (r->batch - 1))
+        return api_fail(e, 422, "out_of_range", "seed",
+                        "seed %lld with %d images: the last image's seed (seed + %d) would pass 2^63 - 1",
+                        (long long)r->seed, r->batch, r->batch - 1);
     if (img2img && !(r->strength > 0 && r->strength <= 1))
         return api_fail(e, 422, "out_of_range", "strength", "strength %g: must be in (0, 1]", r->strength);
     /* the sampler refuses some schedules (karras with DDIM) and step counts (LCM) */

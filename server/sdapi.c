@@ -357,8 +357,14 @@ static void route_set_options(struct api_ctx *app, struct http_request *req) {
         api_string(o, "randn_source", &randn, &e)) /* any != DF_OK */
         goto fail;
     if (ckpt && api_model_lookup(app, ckpt, "sd_model_checkpoint", &model, &e) != DF_OK) goto fail;
-    if (clip < 1 || clip > 12) {
-        api_fail(&e, 422, "out_of_range", "CLIP_stop_at_last_layers", "CLIP_stop_at_last_layers must be in 1..12");
+    /* checked against the model it will apply to: a value beyond its text
+     * encoder's depth would make every later generation fail */
+    const struct model *m = app->models[model].m;
+    int max_skip = m->family->max_clip_skip(m);
+    if (clip < 1 || clip > max_skip) {
+        api_fail(&e, 422, "out_of_range", "CLIP_stop_at_last_layers",
+                 "CLIP_stop_at_last_layers %lld: must be in 1..%d (the text encoder of %s has %d layers)", clip,
+                 max_skip, m->name, max_skip);
         goto fail;
     }
     int rng = atomic_load(&app->sd_rng);

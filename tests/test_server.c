@@ -134,6 +134,12 @@ static void test_bad_inputs(void **state) {
         {"POST", "/generate", "{\"width\": 64, \"height\": 64, \"n\": 50}", 422, "out_of_range", "n"},
         {"POST", "/generate", "{\"width\": 64, \"height\": 64, \"cfg_scale\": -1}", 422, "out_of_range", "cfg_scale"},
         {"POST", "/generate", "{\"width\": 64, \"height\": 64, \"seed\": -7}", 422, "out_of_range", "seed"},
+        {"POST", "/generate", "{\"width\": 64, \"height\": 64, \"seed\": 9223372036854775807, \"n\": 2}", 422, "out_of_range", "seed"},
+        {"POST", "/jobs", "{\"width\": 64, \"height\": 64, \"seed\": 9223372036854775806, \"n\": 3}", 422, "out_of_range", "seed"},
+        {"POST", "/sdapi/v1/txt2img", "{\"width\": 64, \"height\": 64, \"seed\": 9223372036854775807, \"batch_size\": 2}", 422, "out_of_range", "seed"},
+        {"POST", "/sdapi/v1/txt2img", "{\"width\": 64, \"height\": 64, \"seed\": 9223372036854775806, \"n_iter\": 2, \"batch_size\": 2}", 422, "out_of_range", "seed"},
+        {"POST", "/sdapi/v1/options", "{\"CLIP_stop_at_last_layers\": 4}", 422, "out_of_range", "CLIP_stop_at_last_layers"},
+        {"POST", "/sdapi/v1/options", "{\"CLIP_stop_at_last_layers\": 12}", 422, "out_of_range", "CLIP_stop_at_last_layers"},
         {"POST", "/generate", "{\"width\": 64, \"height\": 64, \"sampler\": \"warp\"}", 422, "unknown_sampler", "sampler"},
         {"POST", "/generate", "{\"width\": 64, \"height\": 64, \"schedule\": \"zigzag\"}", 422, "unknown_schedule", "schedule"},
         {"POST", "/generate", "{\"width\": 64, \"height\": 64, \"sampler\": \"ddim\", \"schedule\": \"karras\"}", 422, "unsupported", "sampler"},
@@ -208,6 +214,28 @@ static void test_bad_inputs(void **state) {
     close(fd);
     su_expect_error(&r, 413, "body_too_large", NULL);
     su_free(&r);
+
+    /* the limits' edges are accepted: the last seed 2^63 - 1, all 3 layers of the tiny text encoder */
+    su_req(g_port, "POST", "/generate", "Accept: application/json\r\n",
+           "{\"prompt\": \"edge\", \"width\": 64, \"height\": 64, \"steps\": 1, \"cfg_scale\": 1, \"n\": 2,"
+           " \"seed\": 9223372036854775806}", &r);
+    if (r.status != 200) fail_msg("seed 2^63 - 2, n 2: %d %.300s", r.status, r.body);
+    j = su_json(&r);
+    assert_true(json_integer_value(json_array_get(json_object_get(j, "seeds"), 1)) == INT64_MAX);
+    json_decref(j);
+    su_free(&r);
+    for (int clip = 3; clip >= 1; clip -= 2) {
+        char body[64];
+        snprintf(body, sizeof body, "{\"CLIP_stop_at_last_layers\": %d}", clip);
+        su_req(g_port, "POST", "/sdapi/v1/options", NULL, body, &r);
+        assert_int_equal(r.status, 200);
+        su_free(&r);
+        su_req(g_port, "GET", "/sdapi/v1/options", NULL, NULL, &r);
+        j = su_json(&r);
+        assert_int_equal(json_integer_value(json_object_get(j, "CLIP_stop_at_last_layers")), clip);
+        json_decref(j);
+        su_free(&r);
+    }
 
     /* unknown fields are ignored; the daemon is unaffected by all of the above */
     su_req(g_port, "GET", "/ready", NULL, NULL, &r);
