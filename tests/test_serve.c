@@ -137,6 +137,44 @@ static void test_port_in_use(void **state) {
     su_free(&r);
 }
 
+/* A scheduler_config.json the samplers cannot use stops start-up with an
+ * error naming the file and the key, instead of a daemon that is ready and
+ * fails every generation. */
+static void test_bad_scheduler_config(void **state) {
+    (void)state;
+    static const struct {
+        const char *json, *key;
+    } cases[] = {
+        {"{\"num_train_timesteps\": 0}", "num_train_timesteps"},
+        {"{\"beta_start\": -1}", "betas"},
+        {"{\"beta_start\": 0.5, \"beta_end\": 0.0001}", "beta_start"},
+        {"{\"steps_offset\": 5000}", "steps_offset"},
+        {"{\"beta_schedule\": \"foo\"}", "beta_schedule"},
+        {"{\"beta_end\": \"high\"}", "beta_end"},
+    };
+    char path[96];
+    snprintf(path, sizeof path, "/tmp/diffusiond-test-%d-bad-scheduler.json", (int)getpid());
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(cases[i].json, f);
+        fclose(f);
+        char *argv[] = {"serve", TINY_MODEL, "--scheduler-config", path, "--port", "0", "--log-level", "error",
+                        "--http-threads", "1"};
+        struct config cfg;
+        bool help;
+        assert_int_equal(cfg_load(sizeof argv / sizeof argv[0], argv, &cfg, &help), DF_OK);
+        struct server *srv = NULL;
+        df_status st = serve_create(&cfg, &srv);
+        if (st == DF_OK) serve_destroy(srv);
+        cfg_free(&cfg);
+        if (st == DF_OK) fail_msg("%s: the daemon started", cases[i].json);
+        if (!strstr(df_errmsg(), path) || !strstr(df_errmsg(), cases[i].key))
+            fail_msg("%s: the error names neither %s nor %s: %s", cases[i].json, path, cases[i].key, df_errmsg());
+    }
+    unlink(path);
+}
+
 /* A job time limit of a microsecond: less than any generation needs before
  * its first sampler step (tokenizing, a text-encoder pass through the
  * Vulkan queue), and the limit is checked at every step boundary, so every
@@ -423,6 +461,7 @@ int main(int argc, char **argv) {
         SU_TEST(test_auth),
         SU_TEST(test_cors),
         SU_TEST(test_port_in_use),
+        SU_TEST(test_bad_scheduler_config),
         cmocka_unit_test_setup_teardown(test_job_timeout, su_test_start, timeout_end),
         SU_TEST(test_out_of_memory_fails_alone),
         cmocka_unit_test_setup_teardown(test_sigterm_drain, su_test_start, sigterm_end),
