@@ -678,8 +678,10 @@ static bool gate_check_head(struct http_server *s, struct gate_conn *c, const ch
     return true;
 }
 
-/* One look at a pending connection; false when it left the gate. */
-static bool gate_step(struct http_server *s, int i, bool readable) {
+/* One look at a pending connection (`revents` from poll); false when it
+ * left the gate. */
+static bool gate_step(struct http_server *s, int i, short revents) {
+    bool readable = revents != 0;
     struct gate_conn *c = &s->pending[i];
     static _Thread_local char buf[HTTP_HEAD_MAX + 1];
     double now = clock_now();
@@ -702,7 +704,11 @@ static bool gate_step(struct http_server *s, int i, bool readable) {
     size_t head = e ? (size_t)(e - buf) + 4 : 0;
     if (lf && (!e || lf < e)) head = (size_t)(lf - buf) + 2; /* bare LF line ends, as MHD allows */
     if (!head) {
-        if (n >= HTTP_HEAD_MAX)
+        if (revents & (POLLRDHUP | POLLHUP)) { /* half a head, then the client stopped sending: nothing to answer */
+            while (recv(c->fd, buf, sizeof buf, MSG_DONTWAIT) > 0) {} /* read: a close with unread bytes resets */
+            gate_close(s, i);
+        }
+        else if (n >= HTTP_HEAD_MAX)
             gate_reply(s, c, 431, "Request Header Fields Too Large", "headers_too_large",
                        "the request line and headers are larger than %d bytes", HTTP_HEAD_MAX);
         else if (now >= c->deadline)
@@ -710,7 +716,7 @@ static bool gate_step(struct http_server *s, int i, bool readable) {
                        HTTP_HEAD_TIMEOUT_S);
         else
             set_lowat(c->fd, (int)n + 1);
-        return true;
+        return !(revents & (POLLRDHUP | POLLHUP));
     }
     if (!gate_check_head(s, c, buf, head)) return true; /* answered; lingers */
     set_lowat(c->fd, 1);
@@ -732,7 +738,7 @@ static void *gate_main(void *arg) {
         pfd[1] = (struct pollfd){.fd = s->n_pending < HTTP_CONNECTION_LIMIT ? s->listen_fd : -1, .events = POLLIN};
         int n = 2;
         for (int i = 0; i < s->n_pending; i++, n++) {
-            pfd[n] = (struct pollfd){.fd = s->pending[i].fd, .events = POLLIN};
+            pfd[n] = (struct pollfd){.fd = s->pending[i].fd, .events = POLLIN | POLLRDHUP};
             idx[n] = i;
             if (s->pending[i].deadline < next) next = s->pending[i].deadline;
         }
@@ -746,7 +752,7 @@ static void *gate_main(void *arg) {
         now = clock_now();
         for (int k = n - 1; k >= 2; k--) {
             int i = idx[k];
-            if (pfd[k].revents || s->pending[i].deadline <= now) gate_step(s, i, pfd[k].revents != 0);
+            if (pfd[k].revents || s->pending[i].deadline <= now) gate_step(s, i, pfd[k].revents);
         }
         while ((pfd[1].revents & POLLIN) && s->n_pending < HTTP_CONNECTION_LIMIT) {
             struct gate_conn c = {.addr_len = sizeof c.addr};
@@ -755,7 +761,7 @@ static void *gate_main(void *arg) {
             c.deadline = clock_now() + HTTP_HEAD_TIMEOUT_S;
             s->pending[s->n_pending] = c;
             /* most heads are in already: look now rather than after a poll */
-            gate_step(s, s->n_pending++, true);
+            gate_step(s, s->n_pending++, POLLIN);
         }
     }
     if (!pfd || !idx) log_write(LOGL_ERROR, NULL, "out of memory: the HTTP gate stopped accepting");

@@ -295,6 +295,15 @@ static void test_protocol_errors_are_json(void **state) {
         su_expect_error(&r, 431, "headers_too_large", NULL);
         su_free(&r);
     }
+    /* half a request head, then the client stops sending: closed without an
+     * answer (there is no request to answer), not held until the head timeout */
+    int fd = su_connect(g_port);
+    assert_true(fd >= 0);
+    su_send(fd, "GET /hea", 8);
+    shutdown(fd, SHUT_WR);
+    char c;
+    assert_int_equal(recv(fd, &c, 1, 0), 0);
+    close(fd);
     /* not JSON: 415 naming what the endpoint takes; JSON with a charset,
      * and no Content-Type at all, are fine (a 422 from the values) */
     static const char *posts[] = {"/generate", "/jobs", "/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/options"};
