@@ -293,6 +293,9 @@ int serve_main(int argc, char **argv) {
     int sig = next_signal(&set, NULL);
     log_write(LOGL_INFO, NULL, "%s: shutting down (grace %.0f s; a second SIGTERM or SIGINT cancels the running jobs)",
               sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.shutdown_grace_s);
+    /* refuse new work before STOPPING=1 says so (serve_stop, on its thread,
+     * would set it a moment later) */
+    atomic_store(&s->app.stopping, true);
     notify(cfg.notify_socket, "STOPPING=1\nSTATUS=draining");
     struct stopper st = {.s = s, .main = pthread_self()};
     atomic_init(&st.done, false);
