@@ -58,6 +58,7 @@ struct jobs {
     int queued, running;
     struct job *first, *last;    /* registry */
     bool stopping, quit;
+    bool grace_cut;              /* jobs_cut_grace: stop waiting for running jobs */
     struct worker *workers;
     int n_workers;
     pthread_t reaper;
@@ -526,7 +527,7 @@ void jobs_shutdown(struct jobs *js, double grace_s) {
     double t = (double)until.tv_sec + (double)until.tv_nsec * 1e-9 + grace_s;
     until.tv_sec = (time_t)t;
     until.tv_nsec = (long)((t - (double)until.tv_sec) * 1e9);
-    while (js->running > 0 && pthread_cond_timedwait(&js->idle_cv, &js->mu, &until) == 0) {}
+    while (js->running > 0 && !js->grace_cut && pthread_cond_timedwait(&js->idle_cv, &js->mu, &until) == 0) {}
     if (js->running > 0) {
         log_write(LOGL_WARN, NULL, "shutdown: grace period over, cancelling %d running job(s)", js->running);
         for (int i = 0; i < js->n_workers; i++) {
@@ -549,6 +550,13 @@ void jobs_shutdown(struct jobs *js, double grace_s) {
         pthread_join(js->reaper, NULL);
         js->reaper_started = false;
     }
+}
+
+void jobs_cut_grace(struct jobs *js) {
+    pthread_mutex_lock(&js->mu);
+    js->grace_cut = true;
+    pthread_cond_broadcast(&js->idle_cv);
+    pthread_mutex_unlock(&js->mu);
 }
 
 void jobs_destroy(struct jobs *js) {
