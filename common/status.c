@@ -30,6 +30,7 @@ const char *df_status_name(df_status st) {
     case DF_EFORMAT: return "bad_format";
     case DF_EUNSUPPORTED: return "unsupported";
     case DF_ECANCELLED: return "cancelled";
+    case DF_ENUMERIC: return "numeric_error";
     }
     return "unknown";
 }

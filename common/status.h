@@ -15,6 +15,7 @@ typedef enum {
     DF_EFORMAT,      /* a file's contents are malformed or hostile */
     DF_EUNSUPPORTED, /* valid input we do not handle (yet) */
     DF_ECANCELLED,   /* the caller asked to stop */
+    DF_ENUMERIC,     /* a model produced Inf/NaN (overflow): no result */
 } df_status;
 
 /* Records the reason for the failure being returned and returns `st`, so a

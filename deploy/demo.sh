@@ -11,6 +11,13 @@ SIZE=${SIZE:-64}
 : "${XDG_RUNTIME_DIR:=/tmp}"
 export XDG_RUNTIME_DIR
 
+# The daemon refuses a port in use ("port 7860 is in use"): most often a
+# daemon from an earlier `make demo`, still running.
+if curl -s -o /dev/null "http://127.0.0.1:$PORT/health"; then
+    echo "port $PORT is in use (a diffusiond from an earlier make demo? stop it: kill \$(cat diffusiond.pid));" \
+         "or choose another: make demo PORT=7861" >&2
+    exit 1
+fi
 "$BIN" serve --model "$MODEL" --port "$PORT" > diffusiond.log 2>&1 &
 echo $! > diffusiond.pid
 echo "diffusiond: pid $(cat diffusiond.pid), log in diffusiond.log; stop it with: kill \$(cat diffusiond.pid)"
@@ -27,4 +34,4 @@ done
 curl -sf "http://127.0.0.1:$PORT/generate" -H 'Content-Type: application/json' \
     -d "{\"prompt\": \"a lighthouse on a cliff at sunset\", \"width\": $SIZE, \"height\": $SIZE, \"steps\": 8, \"seed\": 42}" \
     -o "$OUT"
-echo "wrote $OUT; more: curl -d '{\"prompt\": \"...\"}' http://127.0.0.1:$PORT/generate -o image.png"
+echo "wrote $OUT; more: curl -H 'Content-Type: application/json' -d '{\"prompt\": \"...\"}' http://127.0.0.1:$PORT/generate -o image.png"

@@ -124,29 +124,29 @@ static const struct st_tensor *st_find_prefixed(const struct st_file *f, const c
 
 /* The VAE every family has: original layout (first_stage_model.* or bare)
  * or diffusers names with its config.json. */
-static df_status load_vae(struct model *m, struct device *dev, const struct comp_source *s) {
+static df_status load_vae(struct device *dev, const struct comp_source *s, enum wts_precision prec,
+                          struct weights **weights, struct vae_model *vae) {
     struct vae_config cfg;
     struct wts_rename *renames = NULL;
     int n = 0;
     df_status st = DF_OK;
-    enum wts_precision prec = m->vae_fp32 ? WTS_F32 : m->precision;
-    TRY(wts_create(dev, prec, &m->weights[COMP_VAE]));
+    TRY(wts_create(dev, prec, weights));
     if (family_for_checkpoint(s->kind.family) || s->kind.family == CKPT_VAE_LDM) { /* original layout */
         const char *prefix = s->kind.family == CKPT_VAE_LDM ? s->kind.vae_prefix : "first_stage_model.";
         if (s->config) TRY(vae_config_from_json(s->config, &cfg));
         else TRY(vae_ldm_infer_config(s->file, prefix, &cfg));
         TRY(vae_ldm_renames(&cfg, prefix, &renames, &n));
-        TRY(wts_load(m->weights[COMP_VAE], s->file, prefix, renames, n));
+        TRY(wts_load(*weights, s->file, prefix, renames, n));
     } else if (st_find_prefixed(s->file, s->prefix, "decoder.conv_in.weight")) {
         const struct wts_rename strip = {s->prefix ? s->prefix : "", "", NULL};
-        TRY(wts_load(m->weights[COMP_VAE], s->file, strip.from, &strip, 1));
+        TRY(wts_load(*weights, s->file, strip.from, &strip, 1));
         if (s->config) TRY(vae_config_from_json(s->config, &cfg));
-        else TRY(vae_infer_config(m->weights[COMP_VAE], &cfg));
+        else TRY(vae_infer_config(*weights, &cfg));
     } else {
         st = df_error(DF_EINVAL, "%s is a %s, not a VAE", s->path, ckpt_family_name(s->kind.family));
         goto done;
     }
-    TRY(vae_load(m->weights[COMP_VAE], &cfg, &m->vae));
+    TRY(vae_load(*weights, &cfg, vae));
 done:
     free(renames);
     if (st != DF_OK) return df_error(st, "VAE from %s: %s", s->path, df_errmsg());
@@ -291,7 +291,11 @@ df_status model_load(struct device *dev, const struct model_options *opt, struct
     }
     const json_t *vc = src.comp[COMP_VAE].config;
     m->vae_fp32 = fam->vae_force_upcast && !json_is_false(json_object_get(vc, "force_upcast")); /* default: true */
-    TRY(load_vae(m, dev, &src.comp[COMP_VAE]));
+    TRY(load_vae(dev, &src.comp[COMP_VAE], m->vae_fp32 ? WTS_F32 : m->precision, &m->weights[COMP_VAE], &m->vae));
+    /* kept to reload the VAE in fp32 should an fp16 decode overflow */
+    snprintf(m->vae_source.path, sizeof m->vae_source.path, "%s", src.comp[COMP_VAE].path);
+    snprintf(m->vae_source.prefix, sizeof m->vae_source.prefix, "%s", src.comp[COMP_VAE].prefix ? src.comp[COMP_VAE].prefix : "");
+    m->vae_source.config = json_incref(src.comp[COMP_VAE].config);
     TRY(set_prediction(m, opt)); /* before the family: a configured type spares SD2's test */
     TRY(fam->load(m, dev, &src));
     if (fam->latent_channels(m) != m->vae.cfg.latent_channels) {
@@ -315,8 +319,25 @@ done:
     return DF_OK;
 }
 
+df_status model_load_vae_fp32(const struct model *m, struct device *dev, struct weights **weights,
+                              struct vae_model *vae) {
+    struct comp_source s;
+    const struct model_vae_source *v = &m->vae_source;
+    df_status st = source_open(&s, v->path, NULL, v->prefix[0] ? v->prefix : NULL);
+    if (st != DF_OK) return st;
+    s.config = json_incref(v->config);
+    st = load_vae(dev, &s, WTS_F32, weights, vae);
+    source_close(&s);
+    if (st != DF_OK) {
+        wts_destroy(*weights);
+        *weights = NULL;
+    }
+    return st;
+}
+
 void model_destroy(struct model *m) {
     if (!m) return;
+    json_decref(m->vae_source.config);
     if (m->family) m->family->free(m);
     vae_free(&m->vae);
     for (int c = 0; c < COMP_COUNT; c++) wts_destroy(m->weights[c]);

@@ -48,6 +48,11 @@ struct model {
     char prediction_source[96];   /* where the prediction type came from */
     struct weights *weights[COMP_COUNT];
     struct vae_model vae;         /* every family's */
+    struct model_vae_source {     /* where the VAE came from, to reload it in fp32 */
+        char path[4096];
+        char prefix[64];
+        json_t *config;
+    } vae_source;
     bool vae_fp32;                /* VAE kept fp32 (force_upcast: SDXL's overflows fp16) */
     /* the parts the UNet families share; a family uses what it needs */
     struct unet_model unet;
@@ -59,6 +64,12 @@ struct model {
 
 df_status model_load(struct device *dev, const struct model_options *opt, struct model **out);
 void model_destroy(struct model *m);
+
+/* The model's VAE again, with fp32 weights, from its file (for a decode
+ * whose fp16 weights overflowed). The caller frees both with vae_free and
+ * wts_destroy. */
+df_status model_load_vae_fp32(const struct model *m, struct device *dev, struct weights **weights,
+                              struct vae_model *vae);
 
 /* Human-readable summary for `diffusiond info` (family, layout, config,
  * parameter counts, dtype, device memory). Caller frees. */

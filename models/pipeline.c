@@ -41,6 +41,12 @@ struct pipe_worker {
     /* the VAE passes run over tiles of these plans (one tile when the
      * whole image fits the budget) */
     struct vae_tiles decode_tiles, encode_tiles;
+    /* an fp32 copy of a model's fp16 VAE, made when a decode overflowed,
+     * and the decode pass recorded on it */
+    uint64_t vae32_serial;
+    struct weights *vae32_weights;
+    struct vae_model vae32;
+    struct pass decode32;
 };
 
 const char *pipe_stage_name(enum pipe_stage s) {
@@ -66,7 +72,16 @@ static void passes_free(struct pipe_worker *w) {
     pass_free(&w->denoise);
     pass_free(&w->decode);
     pass_free(&w->encode);
+    pass_free(&w->decode32);
     memset(&w->key, 0, sizeof w->key);
+}
+
+static void vae32_free(struct pipe_worker *w) {
+    pass_free(&w->decode32);
+    vae_free(&w->vae32);
+    wts_destroy(w->vae32_weights);
+    w->vae32_weights = NULL;
+    w->vae32_serial = 0;
 }
 
 void pipe_worker_set_vae_budget(struct pipe_worker *w, uint64_t bytes) {
@@ -85,6 +100,7 @@ df_status pipe_worker_create(struct device *dev, struct pipe_worker **out) {
 void pipe_worker_destroy(struct pipe_worker *w) {
     if (!w) return;
     passes_free(w);
+    vae32_free(w);
     buf_destroy(w->arena);
     free(w);
 }
@@ -108,11 +124,11 @@ static df_status record_denoiser(struct pass *p, const struct model *m, int batc
     return cg_plan(p->g, &p->bytes);
 }
 
-static df_status record_decode(struct pass *p, const struct model *m, int h, int w) {
+static df_status record_decode(struct pass *p, const struct vae_model *vae, int h, int w) {
     df_status st = cg_create(&p->g);
     if (st != DF_OK) return st;
-    p->in[0] = cg_input(p->g, "latent", 4, (int64_t[]){1, m->vae.cfg.latent_channels, h, w});
-    if ((st = vae_decode(p->g, &m->vae, p->in[0], &p->out)) != DF_OK) return st;
+    p->in[0] = cg_input(p->g, "latent", 4, (int64_t[]){1, vae->cfg.latent_channels, h, w});
+    if ((st = vae_decode(p->g, vae, p->in[0], &p->out)) != DF_OK) return st;
     cg_output(p->g, p->out);
     return cg_plan(p->g, &p->bytes);
 }
@@ -156,7 +172,7 @@ static df_status prepare(struct pipe_worker *w, const struct pass_key *key) {
     if (st == DF_OK) st = record_denoiser(&w->denoise, m, key->unet_batch, key->latent_h, key->latent_w);
     if (st == DF_OK) st = plan_vae(w, m, key->latent_h, key->latent_w, key->encode);
     if (st == DF_OK)
-        st = record_decode(&w->decode, m, (int)w->decode_tiles.tile_h, (int)w->decode_tiles.tile_w);
+        st = record_decode(&w->decode, &m->vae, (int)w->decode_tiles.tile_h, (int)w->decode_tiles.tile_w);
     if (st == DF_OK && key->encode)
         st = record_encode(&w->encode, m, (int)w->encode_tiles.tile_h, (int)w->encode_tiles.tile_w);
     if (st != DF_OK) goto fail;
@@ -272,24 +288,23 @@ static df_status encode_image(struct pipe_worker *w, const struct model *m, cons
     return st;
 }
 
-static df_status decode_latent(struct pipe_worker *w, const struct model *m, const float *x, size_t n, float *hwc) {
-    const struct vae_config *v = &m->vae.cfg;
+static df_status decode_with(struct pipe_worker *w, struct pass *pass, const struct vae_config *v, const float *x,
+                             size_t n, float *hwc) {
     const struct vae_tiles *t = &w->decode_tiles;
     int64_t hw = vae_tiles_out_h(t) * vae_tiles_out_w(t);
     float *z = malloc(n * sizeof *z), *img = malloc((size_t)(v->out_channels * hw) * sizeof *img);
     df_status st = DF_OK;
     if (!z || !img) st = df_error(DF_ENOMEM, "out of memory");
     for (size_t i = 0; st == DF_OK && i < n; i++) z[i] = x[i] / v->scaling_factor + v->shift_factor;
-    if (st == DF_OK) st = vae_tiles_run(t, z, run_tile, &w->decode, img);
+    if (st == DF_OK) st = vae_tiles_run(t, z, run_tile, pass, img);
     if (st == DF_OK) {
         /* VaeImageProcessor.postprocess: (x/2 + 0.5) clamped, NCHW -> NHWC.
-         * A non-finite pixel is never an image: fail the job instead. */
+         * A non-finite pixel is never an image. */
         for (int64_t i = 0; i < hw && st == DF_OK; i++)
             for (int ch = 0; ch < 3; ch++) {
                 float p = img[ch * hw + i] / 2 + 0.5f;
                 if (!isfinite(p)) {
-                    st = df_error(DF_EINVAL, "the VAE decoded a non-finite value (the latent diverged: try fewer "
-                                             "steps, a lower cfg_scale or another sampler)");
+                    st = df_error(DF_ENUMERIC, "the VAE decoded a non-finite value");
                     break;
                 }
                 hwc[i * 3 + ch] = p < 0 ? 0 : p > 1 ? 1 : p;
@@ -297,6 +312,37 @@ static df_status decode_latent(struct pipe_worker *w, const struct model *m, con
     }
     free(z);
     free(img);
+    return st;
+}
+
+/* A decode that overflows with fp16 VAE weights is done once more with the
+ * VAE reloaded in fp32 (kept by the worker for later requests); one that
+ * overflows in fp32 too fails the job. */
+static df_status decode_latent(struct pipe_worker *w, const struct model *m, const float *x, size_t n, float *hwc,
+                               bool *retried) {
+    df_status st = decode_with(w, &w->decode, &m->vae.cfg, x, n, hwc);
+    if (st != DF_ENUMERIC || m->vae_fp32 || m->precision == WTS_F32) goto out;
+    *retried = true;
+    if (w->vae32_serial != m->serial) {
+        vae32_free(w);
+        if ((st = model_load_vae_fp32(m, w->dev, &w->vae32_weights, &w->vae32)) != DF_OK)
+            return df_error(st, "reloading the VAE in fp32 after an fp16 overflow: %s", df_errmsg());
+        w->vae32_serial = m->serial;
+    }
+    if (!w->decode32.p) {
+        struct prog_options opt = {.arena = w->arena};
+        st = record_decode(&w->decode32, &w->vae32, (int)w->decode_tiles.tile_h, (int)w->decode_tiles.tile_w);
+        if (st == DF_OK) st = prog_create(w->dev, w->decode32.g, &opt, &w->decode32.p);
+        if (st != DF_OK) {
+            pass_free(&w->decode32);
+            return st;
+        }
+    }
+    st = decode_with(w, &w->decode32, &w->vae32.cfg, x, n, hwc);
+out:
+    if (st == DF_ENUMERIC)
+        return df_error(st, "the VAE decoded a non-finite value%s (the latent diverged: try fewer steps, a lower "
+                            "cfg_scale or another sampler)", *retried ? ", with fp32 weights too" : "");
     return st;
 }
 
@@ -468,7 +514,7 @@ df_status pipe_generate(struct pipe_worker *w, struct model *m, const struct pip
         if (cancelled(hooks)) { st = df_error(DF_ECANCELLED, "cancelled"); goto done; }
         progress(hooks, PIPE_DECODE, i, n, t0);
         if ((st = decode_latent(w, m, r.x + (size_t)i * r.latent, r.latent,
-                                res->images + (size_t)i * req->width * req->height * 3)) != DF_OK)
+                                res->images + (size_t)i * req->width * req->height * 3, &res->vae_fp32_retry)) != DF_OK)
             goto done;
     }
     res->seconds_decode = clock_now() - t;

@@ -33,6 +33,7 @@ struct pipe_result {
     float *latents;              /* count * C * h/s * w/s, final latents */
     double seconds_text, seconds_encode, seconds_denoise, seconds_decode, seconds_total;
     uint64_t device_peak_bytes;
+    bool vae_fp32_retry;         /* the fp16 VAE overflowed: decoded again in fp32 */
 };
 
 struct pipe_worker;

@@ -309,6 +309,23 @@ static char *quote_nonfinite(const char *text, size_t len) {
     return out;
 }
 
+static df_status resolve_config(enum smp_kind kind, const struct smp_config *in, struct smp_config *c);
+
+/* A config every generation would fail with (num_train_timesteps 0, betas
+ * outside (0, 1), ...) is refused when it is read, so the model does not
+ * load instead of loading and then failing each request: a sampler of the
+ * config's own kind (Euler, or flow Euler) must be creatable from it. */
+static df_status check_usable(const struct smp_config *c) {
+    if (c->beta_schedule != SMP_BETA_SQUAREDCOS_CAP_V2 && c->beta_start > c->beta_end)
+        return df_error(DF_EINVAL, "beta_start %g is above beta_end %g", c->beta_start, c->beta_end);
+    enum smp_kind kind = c->prediction_type == SMP_PRED_FLOW ? SMP_FLOW_EULER : SMP_EULER;
+    int steps = c->num_train_timesteps >= 20 ? 20 : c->num_train_timesteps >= 1 ? c->num_train_timesteps : 1;
+    struct smp_sampler *s = NULL;
+    df_status st = smp_create(kind, c, steps, &s);
+    smp_destroy(s);
+    return st;
+}
+
 df_status smp_config_load(const char *path, struct smp_config *cfg) {
     enum { MAX_CONFIG = 1 << 20 }; /* a scheduler config is a few hundred bytes */
     FILE *f = fopen(path, "rb");
@@ -334,9 +351,19 @@ df_status smp_config_load(const char *path, struct smp_config *cfg) {
     json_t *root = json_loads(clean, 0, &err);
     free(clean);
     if (!root) return df_error(DF_EFORMAT, "scheduler config %s: %s (line %d)", path, err.text, err.line);
-    df_status st = smp_config_from_json(root, cfg);
+    struct smp_config c = *cfg;
+    df_status st = smp_config_from_json(root, &c);
     json_decref(root);
-    return st;
+    if (st == DF_OK) st = check_usable(&c);
+    if (st != DF_OK) {
+        const char *why = df_errmsg(), *prefix = "scheduler config: ";
+        if (strncmp(why, prefix, strlen(prefix)) == 0) why += strlen(prefix);
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", why);
+        return df_error(st, "scheduler config %s: %s", path, msg);
+    }
+    *cfg = c;
+    return DF_OK;
 }
 
 /* Fills the AUTO fields with the class defaults of `kind` and checks the

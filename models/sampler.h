@@ -114,7 +114,9 @@ struct smp_config smp_config_default_sd3(void);
  * beta_schedule, interpolation_type "log_linear", ...) is DF_EUNSUPPORTED,
  * a malformed one DF_EFORMAT. */
 df_status smp_config_from_json(const struct json_t *obj, struct smp_config *cfg);
-/* Same, from a scheduler_config.json file. */
+/* Same, from a scheduler_config.json file, which must also give a usable
+ * sampler (one Euler can be made from): errors name the file and the key.
+ * On error *cfg is unchanged. */
 df_status smp_config_load(const char *path, struct smp_config *cfg);
 
 /* Names: ours ("euler", "euler_a", "heun", "ddim", "dpmpp_2m", "lcm",

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -230,6 +231,13 @@ df_status api_check_params(const struct api_ctx *app, const struct job_params *p
                                 sizes[i].name, k, v[k], sizes[i].min);
     }
     if (r->seed < -1) return api_fail(e, 422, "out_of_range", "seed", "seed must be >= 0, or -1 for a random one");
+    /* image i uses seed + i (A1111): the last must still be a 64-bit signed
+     * integer, the type of every seed in our answers (A1111 itself fails past
+     * its Philox key's 2^64) */
+    if (r->seed > INT64_MAX - (r->batch - 1))
+        return api_fail(e, 422, "out_of_range", "seed",
+                        "seed %lld with %d images: the last image's seed (seed + %d) would pass 2^63 - 1",
+                        (long long)r->seed, r->batch, r->batch - 1);
     if (img2img && !(r->strength > 0 && r->strength <= 1))
         return api_fail(e, 422, "out_of_range", "strength", "strength %g: must be in (0, 1]", r->strength);
     /* the sampler refuses some schedules (karras with DDIM) and step counts (LCM) */
@@ -240,6 +248,27 @@ df_status api_check_params(const struct api_ctx *app, const struct job_params *p
         return api_fail(e, 422, "unsupported", "sampler", "%s", df_errmsg());
     smp_destroy(s);
     return DF_OK;
+}
+
+const char *const api_json_types[] = {"application/json", NULL};
+
+bool api_body_type_ok(struct http_request *req, const char *const *accepted) {
+    const char *ct = http_header(req, "Content-Type");
+    if (!ct) return true;
+    while (*ct == ' ' || *ct == '\t') ct++;
+    size_t n = strcspn(ct, "; \t");
+    for (int i = 0; accepted[i]; i++) {
+        if (strlen(accepted[i]) == n && strncasecmp(ct, accepted[i], n) == 0) return true;
+        /* application/problem+json, application/vnd.x+json: JSON too */
+        if (strcmp(accepted[i], "application/json") == 0 && n > 5 && strncasecmp(ct + n - 5, "+json", 5) == 0)
+            return true;
+    }
+    char list[256] = "";
+    for (int i = 0; accepted[i]; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", accepted[i]);
+    http_respond_error(req, 415, "unsupported_media_type", NULL, "Content-Type %.*s: this endpoint takes %s",
+                       (int)(n < 100 ? n : 100), ct, list);
+    return false;
 }
 
 /* ---- submitting and waiting ---------------------------------------------------- */
@@ -498,6 +527,7 @@ static void generate_done(struct api_ctx *app, struct http_request *req, struct 
 static void route_generate(struct api_ctx *app, struct http_request *req, bool async) {
     struct job_params p;
     struct api_error e;
+    if (!api_body_type_ok(req, api_json_types)) return;
     if (parse_native(app, req, &p, &e) != DF_OK) {
         api_send_error(req, &e);
         return;

@@ -121,6 +121,15 @@ df_status api_init_png(const struct api_ctx *app, const uint8_t *png, size_t len
  * img2img; the init image itself is checked by api_init_image). */
 df_status api_check_params(const struct api_ctx *app, const struct job_params *p, bool img2img, struct api_error *e);
 
+/* The media types a route's body may have: every POST route passes its
+ * own list (JSON here; a multipart upload route passes
+ * {"multipart/form-data", NULL}). A Content-Type not on it (parameters
+ * such as "; charset=utf-8" aside) is answered 415 unsupported_media_type
+ * and false is returned; no Content-Type at all counts as the list's first
+ * type. "application/json" also admits the "+json" types. */
+bool api_body_type_ok(struct http_request *req, const char *const *accepted);
+extern const char *const api_json_types[];
+
 /* Queues the job; on failure answers the request (429 + Retry-After, 503)
  * and returns NULL. */
 struct job *api_submit(struct api_ctx *app, struct http_request *req, struct job_params *p);

@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <poll.h>
@@ -14,6 +15,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/eventfd.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,12 +27,39 @@
 #define HTTP_CONNECTION_LIMIT 1024
 #define HTTP_IDLE_TIMEOUT_S 60     /* idle keep-alive and slow clients; suspended ones never time out */
 #define HTTP_MAX_HEADERS 16
+/* The gate (below) reads each connection's request head before MHD does:
+ * the largest head it accepts, how long a client may take to send it, and
+ * how long an error answer waits for the client to close. MHD's own memory
+ * pool per connection must hold a head of HTTP_HEAD_MAX and the answer's
+ * headers, with room to spare. */
+#define HTTP_HEAD_MAX (32 * 1024)
+#define HTTP_HEAD_TIMEOUT_S 30.0
+#define HTTP_LINGER_S 2.0
+#define HTTP_MHD_MEMORY (128 * 1024)
+
+/* A connection the gate holds until its request head is complete (or,
+ * `closing`, after an error answer until the client has read it). */
+struct gate_conn {
+    int fd;
+    struct sockaddr_storage addr;
+    socklen_t addr_len;
+    double deadline;
+    bool closing;
+};
 
 struct http_server {
     struct http_config cfg;
     struct MHD_Daemon *d;
     int port;
-    int quiesced_fd;
+    int listen_fd;
+    atomic_bool draining;          /* http_quiesce: answers close their connection */
+    /* the gate: accepts, checks request heads, hands connections to MHD */
+    pthread_t gate;
+    bool gate_started;
+    atomic_bool gate_quit;
+    int gate_wake_fd;
+    struct gate_conn *pending;
+    int n_pending;
     bool have_key;
     uint8_t key_digest[SHA256_DIGEST_SIZE];
     atomic_int active;             /* requests between first call and completion */
@@ -210,6 +239,7 @@ static void queue(struct http_request *r, int status, const char *content_type, 
     if (content_type) MHD_add_response_header(resp, "Content-Type", content_type);
     MHD_add_response_header(resp, "Cache-Control", "no-store");
     MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    if (atomic_load(&r->s->draining)) MHD_add_response_header(resp, "Connection", "close");
     if (r->s->cfg.n_cors_origins > 0) {
         MHD_add_response_header(resp, "Vary", "Origin");
         if (r->cors) {
@@ -553,6 +583,255 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
     log_write(LOGL_DEBUG, NULL, "libmicrohttpd: %s", msg);
 }
 
+/* ---- the gate ------------------------------------------------------------------
+ *
+ * libmicrohttpd answers a request it cannot parse (a malformed request line,
+ * a header block beyond its memory pool, a Content-Length that does not
+ * parse or overflows) itself, with an HTML page, and offers no hook to
+ * change that. So the daemon owns the listening socket: this thread
+ * accepts, peeks at each connection's request head (MSG_PEEK: the bytes
+ * stay for MHD), answers what MHD would refuse with our JSON error, and
+ * hands the rest to MHD (MHD_add_connection). It waits for a head without
+ * spinning: SO_RCVLOWAT makes poll report the socket only once more bytes
+ * than already seen have arrived. Later requests on a kept-alive connection
+ * are MHD's alone (docs/API.md says so). */
+
+static bool is_tchar(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static void gate_close(struct http_server *s, int i) {
+    close(s->pending[i].fd);
+    s->pending[i] = s->pending[--s->n_pending];
+}
+
+static void set_lowat(int fd, int n) {
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &n, sizeof n) != 0) { /* poll then wakes early: harmless */ }
+}
+
+/* Sends a JSON error and half-closes; the connection lingers (closing)
+ * until the client has read it, so unread request bytes cannot turn the
+ * close into a reset that loses the answer. */
+static void gate_reply(struct http_server *s, struct gate_conn *c, int status, const char *reason, const char *code,
+                       const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static void gate_reply(struct http_server *s, struct gate_conn *c, int status, const char *reason, const char *code,
+                       const char *fmt, ...) {
+    (void)s;
+    char msg[256], out[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    json_t *body = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", msg);
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    int n = snprintf(out, sizeof out,
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                     "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n%s\n",
+                     status, reason, text ? strlen(text) + 1 : 1, text ? text : "");
+    free(text);
+    log_write(LOGL_INFO, NULL, "refused a request before reading it: %d %s", status, msg);
+    if (n > 0 && send(c->fd, out, (size_t)n < sizeof out ? (size_t)n : sizeof out, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+        /* the client is gone: the linger below ends at once */
+    }
+    shutdown(c->fd, SHUT_WR);
+    set_lowat(c->fd, 1);
+    c->closing = true;
+    c->deadline = clock_now() + HTTP_LINGER_S;
+}
+
+/* The head's Content-Length: true when absent or valid (*n set). */
+static bool content_length(const char *v, const char *end, unsigned long long *n) {
+    while (v < end && (*v == ' ' || *v == '\t')) v++;
+    while (end > v && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r')) end--;
+    if (v == end) return false;
+    unsigned long long x = 0;
+    for (; v < end; v++) {
+        if (*v < '0' || *v > '9') return false;
+        x = x > ULLONG_MAX / 10 - 9 ? ULLONG_MAX : x * 10 + (unsigned)(*v - '0'); /* saturates: too large */
+    }
+    *n = x;
+    return true;
+}
+
+/* Checks a complete head (len bytes, up to and with its blank line); false
+ * after answering it. */
+static bool gate_check_head(struct http_server *s, struct gate_conn *c, const char *h, size_t len) {
+    const char *p = h, *end = h + len, *eol = memchr(p, '\n', len);
+    const char *m = p;
+    while (p < eol && is_tchar((unsigned char)*p)) p++;
+    bool ok = p > m && p < eol && *p == ' ';
+    const char *t = ++p;
+    while (ok && p < eol && (unsigned char)*p > ' ' && *p != 0x7f) p++;
+    ok = ok && p > t && p < eol && *p == ' ';
+    const char *v = p + 1, *ve = eol > v && eol[-1] == '\r' ? eol - 1 : eol;
+    bool http = ok && ve - v == 8 && strncmp(v, "HTTP/", 5) == 0 && v[5] >= '0' && v[5] <= '9' && v[6] == '.' &&
+                v[7] >= '0' && v[7] <= '9';
+    if (!http) {
+        gate_reply(s, c, 400, "Bad Request", "bad_request", "malformed request line (expected METHOD TARGET HTTP/1.1)");
+        return false;
+    }
+    if (strncmp(v, "HTTP/1.1", 8) != 0 && strncmp(v, "HTTP/1.0", 8) != 0) {
+        gate_reply(s, c, 505, "HTTP Version Not Supported", "http_version_not_supported",
+                   "%.8s is not supported: use HTTP/1.1", v);
+        return false;
+    }
+    bool have_cl = false;
+    unsigned long long cl = 0;
+    for (const char *line = eol + 1; line < end; line = eol + 1) {
+        eol = memchr(line, '\n', (size_t)(end - line));
+        if (!eol) break;
+        if (eol == line || (eol == line + 1 && *line == '\r')) break; /* the blank line */
+        const char *colon = line;
+        while (colon < eol && is_tchar((unsigned char)*colon)) colon++;
+        if (colon == line || colon == eol || *colon != ':') {
+            gate_reply(s, c, 400, "Bad Request", "bad_request", "malformed header line");
+            return false;
+        }
+        if (colon - line == 14 && strncasecmp(line, "Content-Length", 14) == 0) {
+            unsigned long long n = 0;
+            if (!content_length(colon + 1, eol, &n) || (have_cl && n != cl)) {
+                gate_reply(s, c, 400, "Bad Request", "bad_request", "invalid Content-Length");
+                return false;
+            }
+            have_cl = true;
+            cl = n;
+        }
+    }
+    if (have_cl && cl > s->cfg.max_body_bytes) {
+        gate_reply(s, c, 413, "Content Too Large", "body_too_large", "the request body is larger than %zu bytes",
+                   s->cfg.max_body_bytes);
+        return false;
+    }
+    return true;
+}
+
+/* One look at a pending connection (`revents` from poll); false when it
+ * left the gate. */
+static bool gate_step(struct http_server *s, int i, short revents) {
+    bool readable = revents != 0;
+    struct gate_conn *c = &s->pending[i];
+    static _Thread_local char buf[HTTP_HEAD_MAX + 1];
+    double now = clock_now();
+    if (c->closing) {
+        ssize_t k = 1;
+        while (readable && (k = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT)) > 0) {}
+        if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) || now >= c->deadline) {
+            gate_close(s, i);
+            return false;
+        }
+        return true;
+    }
+    ssize_t k = recv(c->fd, buf, HTTP_HEAD_MAX, MSG_PEEK | MSG_DONTWAIT);
+    if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) { /* gone before a whole head */
+        gate_close(s, i);
+        return false;
+    }
+    size_t n = k > 0 ? (size_t)k : 0;
+    const char *e = memmem(buf, n, "\r\n\r\n", 4), *lf = memmem(buf, n, "\n\n", 2);
+    size_t head = e ? (size_t)(e - buf) + 4 : 0;
+    if (lf && (!e || lf < e)) head = (size_t)(lf - buf) + 2; /* bare LF line ends, as MHD allows */
+    if (!head) {
+        if (revents & (POLLRDHUP | POLLHUP)) { /* half a head, then the client stopped sending: nothing to answer */
+            while (recv(c->fd, buf, sizeof buf, MSG_DONTWAIT) > 0) {} /* read: a close with unread bytes resets */
+            gate_close(s, i);
+        }
+        else if (n >= HTTP_HEAD_MAX)
+            gate_reply(s, c, 431, "Request Header Fields Too Large", "headers_too_large",
+                       "the request line and headers are larger than %d bytes", HTTP_HEAD_MAX);
+        else if (now >= c->deadline)
+            gate_reply(s, c, 408, "Request Timeout", "request_timeout", "no complete request head within %.0f s",
+                       HTTP_HEAD_TIMEOUT_S);
+        else
+            set_lowat(c->fd, (int)n + 1);
+        return !(revents & (POLLRDHUP | POLLHUP));
+    }
+    if (!gate_check_head(s, c, buf, head)) return true; /* answered; lingers */
+    set_lowat(c->fd, 1);
+    struct gate_conn taken = *c;
+    s->pending[i] = s->pending[--s->n_pending];
+    /* MHD closes the socket itself when it cannot take it */
+    if (MHD_add_connection(s->d, taken.fd, (const struct sockaddr *)&taken.addr, taken.addr_len) != MHD_YES)
+        log_write(LOGL_WARN, NULL, "libmicrohttpd refused a connection: %s", strerror(errno));
+    return false;
+}
+
+static void *gate_main(void *arg) {
+    struct http_server *s = arg;
+    struct pollfd *pfd = malloc((HTTP_CONNECTION_LIMIT + 2) * sizeof *pfd);
+    int *idx = malloc((HTTP_CONNECTION_LIMIT + 2) * sizeof *idx);
+    while (pfd && idx && !atomic_load(&s->gate_quit)) {
+        double now = clock_now(), next = now + 1.0;
+        pfd[0] = (struct pollfd){.fd = s->gate_wake_fd, .events = POLLIN};
+        pfd[1] = (struct pollfd){.fd = s->n_pending < HTTP_CONNECTION_LIMIT ? s->listen_fd : -1, .events = POLLIN};
+        int n = 2;
+        for (int i = 0; i < s->n_pending; i++, n++) {
+            pfd[n] = (struct pollfd){.fd = s->pending[i].fd, .events = POLLIN | POLLRDHUP};
+            idx[n] = i;
+            if (s->pending[i].deadline < next) next = s->pending[i].deadline;
+        }
+        int ms = next > now ? (int)((next - now) * 1000) + 1 : 0;
+        if (poll(pfd, (nfds_t)n, ms) < 0 && errno != EINTR) break;
+        if (pfd[0].revents & POLLIN) {
+            uint64_t v;
+            if (read(s->gate_wake_fd, &v, sizeof v) < 0) { /* nothing to drain */ }
+        }
+        /* from the last: gate_step moves the last entry into a freed slot */
+        now = clock_now();
+        for (int k = n - 1; k >= 2; k--) {
+            int i = idx[k];
+            if (pfd[k].revents || s->pending[i].deadline <= now) gate_step(s, i, pfd[k].revents);
+        }
+        while ((pfd[1].revents & POLLIN) && s->n_pending < HTTP_CONNECTION_LIMIT) {
+            struct gate_conn c = {.addr_len = sizeof c.addr};
+            c.fd = accept4(s->listen_fd, (struct sockaddr *)&c.addr, &c.addr_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (c.fd < 0) break; /* EAGAIN, or out of descriptors: poll again */
+            c.deadline = clock_now() + HTTP_HEAD_TIMEOUT_S;
+            s->pending[s->n_pending] = c;
+            /* most heads are in already: look now rather than after a poll */
+            gate_step(s, s->n_pending++, POLLIN);
+        }
+    }
+    if (!pfd || !idx) log_write(LOGL_ERROR, NULL, "out of memory: the HTTP gate stopped accepting");
+    free(pfd);
+    free(idx);
+    return NULL;
+}
+
+/* The listening socket, ours so that a port in use is an error (MHD's
+ * SO_REUSEPORT would let a second daemon share it) and the gate can accept. */
+static df_status listen_on(struct http_server *s, const struct addrinfo *ai, const char *host, int port) {
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return df_error(DF_EIO, "socket: %s", strerror(errno));
+    int one = 1;
+    /* SO_REUSEADDR only allows a restart while old connections linger in
+     * TIME_WAIT; on Linux it never lets two sockets listen on one port */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (ai->ai_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        int err = errno;
+        close(fd);
+        if (err == EADDRINUSE)
+            return df_error(DF_EIO, "port %d is in use: another diffusiond, or another program, listens on %s:%d",
+                            port, host, port);
+        return df_error(DF_EIO, "cannot listen on %s:%d: %s", host, port, strerror(err));
+    }
+    if (listen(fd, SOMAXCONN) != 0) {
+        int err = errno;
+        close(fd);
+        return df_error(DF_EIO, "cannot listen on %s:%d: %s", host, port, strerror(err));
+    }
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof sa;
+    s->port = port;
+    if (getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
+        s->port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
+                                                 : ((struct sockaddr_in *)&sa)->sin_port);
+    s->listen_fd = fd;
+    return DF_OK;
+}
+
 /* ---- server ----------------------------------------------------------------- */
 
 df_status http_create(const struct http_config *cfg, struct http_server **out) {
@@ -562,57 +841,72 @@ df_status http_create(const struct http_config *cfg, struct http_server **out) {
     int gai = getaddrinfo(cfg->host, port, &hints, &ai);
     if (gai != 0) return df_error(DF_EINVAL, "host \"%s\": %s", cfg->host, gai_strerror(gai));
     struct http_server *s = calloc(1, sizeof *s);
-    if (!s) {
+    struct gate_conn *pending = calloc(HTTP_CONNECTION_LIMIT, sizeof *pending);
+    if (!s || !pending) {
+        free(s);
+        free(pending);
         freeaddrinfo(ai);
         return df_error(DF_ENOMEM, "out of memory");
     }
     s->cfg = *cfg;
-    s->quiesced_fd = -1;
+    s->listen_fd = -1;
+    s->gate_wake_fd = -1;
+    s->pending = pending;
     s->have_key = cfg->api_key && *cfg->api_key;
     if (s->have_key) sha256_digest(cfg->api_key, strlen(cfg->api_key), s->key_digest);
     pthread_mutex_init(&s->wait_mu, NULL);
     s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (s->wake_fd < 0) {
+    s->gate_wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (s->wake_fd < 0 || s->gate_wake_fd < 0) {
         freeaddrinfo(ai);
         http_destroy(s);
         return df_error(DF_EIO, "eventfd: %s", strerror(errno));
     }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    df_status st = listen_on(s, ai, cfg->host, cfg->port);
+    freeaddrinfo(ai);
+    if (st != DF_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", df_errmsg());
+        http_destroy(s);
+        return df_error(st, "%s", msg);
+    }
+    /* no listening socket of MHD's own: the gate adds every connection, and
+     * the inter-thread channel wakes MHD's threads for them */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
+                     MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC;
     struct MHD_OptionItem pool[] = {
         {cfg->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, cfg->threads, NULL},
         {MHD_OPTION_END, 0, NULL},
     };
     s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
-                            MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_CONNECTION_LIMIT,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT_S,
-                            MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_MHD_MEMORY,
                             MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
                             MHD_OPTION_ARRAY, pool,
                             MHD_OPTION_END);
-    freeaddrinfo(ai);
     if (!s->d) {
         http_destroy(s);
-        return df_error(DF_EIO, "cannot listen on %s:%d (address in use, or not ours?)", cfg->host, cfg->port);
+        return df_error(DF_EIO, "cannot start libmicrohttpd on %s:%d", cfg->host, cfg->port);
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
-    s->port = di ? di->port : cfg->port;
     if (pthread_create(&s->watcher, NULL, watcher_main, s) != 0) {
         http_destroy(s);
         return df_error(DF_ENOMEM, "cannot start the HTTP watcher thread");
     }
     s->watcher_started = true;
+    if (pthread_create(&s->gate, NULL, gate_main, s) != 0) {
+        http_destroy(s);
+        return df_error(DF_ENOMEM, "cannot start the HTTP gate thread");
+    }
+    s->gate_started = true;
     *out = s;
     return DF_OK;
 }
 
 int http_port(const struct http_server *s) { return s->port; }
 
-void http_quiesce(struct http_server *s) {
-    if (s->d && s->quiesced_fd < 0) s->quiesced_fd = MHD_quiesce_daemon(s->d);
-}
+void http_quiesce(struct http_server *s) { atomic_store(&s->draining, true); }
 
 bool http_drain(struct http_server *s, double timeout_s) {
     double end = clock_now() + timeout_s;
@@ -625,6 +919,15 @@ bool http_drain(struct http_server *s, double timeout_s) {
 
 void http_destroy(struct http_server *s) {
     if (!s) return;
+    if (s->gate_started) { /* first: no new connection reaches MHD */
+        atomic_store(&s->gate_quit, true);
+        uint64_t one = 1;
+        if (write(s->gate_wake_fd, &one, sizeof one) < 0) { /* saturated: it wakes anyway */ }
+        pthread_join(s->gate, NULL);
+    }
+    if (s->listen_fd >= 0) close(s->listen_fd);
+    while (s->n_pending > 0) gate_close(s, s->n_pending - 1);
+    free(s->pending);
     pthread_mutex_lock(&s->wait_mu);
     s->closing = true;
     /* MHD refuses to stop with suspended connections: wake them all; they
@@ -639,8 +942,8 @@ void http_destroy(struct http_server *s) {
         pthread_join(s->watcher, NULL);
     }
     if (s->d) MHD_stop_daemon(s->d);
-    if (s->quiesced_fd >= 0) close(s->quiesced_fd);
     if (s->wake_fd >= 0) close(s->wake_fd);
+    if (s->gate_wake_fd >= 0) close(s->gate_wake_fd);
     pthread_mutex_destroy(&s->wait_mu);
     free(s);
 }

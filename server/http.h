@@ -11,6 +11,12 @@
  * (POLLRDHUP): a client that goes away while waiting is noticed at once,
  * its request is closed and its job released (and cancelled, see api.c).
  *
+ * The daemon owns the listening socket: a gate thread accepts, checks each
+ * connection's first request head (request line, header block <= 32 KiB,
+ * Content-Length) and answers what libmicrohttpd would refuse with its own
+ * HTML page with our JSON error, then hands the connection to MHD. A port
+ * another socket listens on is an error (no SO_REUSEPORT).
+ *
  * Before any handler runs, this layer enforces the API key (constant-time
  * compare of SHA-256 digests), answers CORS preflights from the allow-list
  * (an origin is echoed only when it is on the list), and reads the body up
@@ -65,7 +71,8 @@ struct http_config {
 /* Binds and starts serving. DF_EIO when the address cannot be bound. */
 df_status http_create(const struct http_config *cfg, struct http_server **out);
 int http_port(const struct http_server *s);
-/* Stops accepting connections; the open ones are still served. */
+/* Shutdown has begun: connections are still accepted (the API answers them
+ * 503 at once), and every answer closes its connection. */
 void http_quiesce(struct http_server *s);
 /* Waits until no request is in progress (idle keep-alive connections do not
  * count), up to timeout_s; false on timeout. */

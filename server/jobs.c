@@ -58,6 +58,7 @@ struct jobs {
     int queued, running;
     struct job *first, *last;    /* registry */
     bool stopping, quit;
+    bool grace_cut;              /* jobs_cut_grace: stop waiting for running jobs */
     struct worker *workers;
     int n_workers;
     pthread_t reaper;
@@ -154,6 +155,7 @@ static const char *status_code(df_status st) {
     case DF_EIO: return "io_error";
     case DF_EFORMAT: return "invalid_input";
     case DF_EUNSUPPORTED: return "unsupported";
+    case DF_ENUMERIC: return "numeric_error";
     default: return "internal_error";
     }
 }
@@ -382,6 +384,8 @@ static void run_job(struct worker *w, struct job *j) {
     double secs = j->t_finished - j->t_started;
     enum job_state final = j->state;
     pthread_mutex_unlock(&js->mu);
+    if (final == JOB_DONE && res.vae_fp32_retry)
+        log_write(LOGL_WARN, j->id, "the VAE overflowed with fp16 weights: decoded again in fp32");
     pipe_result_free(&res);
     if (final == JOB_DONE) log_write(LOGL_INFO, j->id, "done in %.2f s", secs);
     else log_write(final == JOB_FAILED ? LOGL_WARN : LOGL_INFO, j->id, "%s after %.2f s: %s: %s",
@@ -523,7 +527,7 @@ void jobs_shutdown(struct jobs *js, double grace_s) {
     double t = (double)until.tv_sec + (double)until.tv_nsec * 1e-9 + grace_s;
     until.tv_sec = (time_t)t;
     until.tv_nsec = (long)((t - (double)until.tv_sec) * 1e9);
-    while (js->running > 0 && pthread_cond_timedwait(&js->idle_cv, &js->mu, &until) == 0) {}
+    while (js->running > 0 && !js->grace_cut && pthread_cond_timedwait(&js->idle_cv, &js->mu, &until) == 0) {}
     if (js->running > 0) {
         log_write(LOGL_WARN, NULL, "shutdown: grace period over, cancelling %d running job(s)", js->running);
         for (int i = 0; i < js->n_workers; i++) {
@@ -546,6 +550,13 @@ void jobs_shutdown(struct jobs *js, double grace_s) {
         pthread_join(js->reaper, NULL);
         js->reaper_started = false;
     }
+}
+
+void jobs_cut_grace(struct jobs *js) {
+    pthread_mutex_lock(&js->mu);
+    js->grace_cut = true;
+    pthread_cond_broadcast(&js->idle_cv);
+    pthread_mutex_unlock(&js->mu);
 }
 
 void jobs_destroy(struct jobs *js) {

@@ -138,6 +138,10 @@ void jobs_unwatch(struct jobs *js, struct job *j, struct job_watch *w);
  * running ones finish for up to grace_s, then cancels them, and joins the
  * workers. */
 void jobs_shutdown(struct jobs *js, double grace_s);
+/* From another thread during jobs_shutdown: ends the grace period now (the
+ * running jobs are cancelled at their next step). Also before it: then
+ * jobs_shutdown waits for nothing. */
+void jobs_cut_grace(struct jobs *js);
 
 const char *job_id(const struct job *j);
 const struct job_params *job_params(const struct job *j);

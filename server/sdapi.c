@@ -224,6 +224,7 @@ static df_status parse_sd(struct api_ctx *app, const json_t *o, bool img2img, st
 }
 
 static void route_generate(struct api_ctx *app, struct http_request *req, bool img2img) {
+    if (!api_body_type_ok(req, api_json_types)) return;
     size_t len;
     const char *body = http_body(req, &len);
     json_error_t jerr;
@@ -340,6 +341,7 @@ static json_t *options(const struct api_ctx *app) {
 }
 
 static void route_set_options(struct api_ctx *app, struct http_request *req) {
+    if (!api_body_type_ok(req, api_json_types)) return;
     size_t len;
     const char *body = http_body(req, &len);
     json_t *o = json_loadb(body, len, 0, NULL);
@@ -355,8 +357,14 @@ static void route_set_options(struct api_ctx *app, struct http_request *req) {
         api_string(o, "randn_source", &randn, &e)) /* any != DF_OK */
         goto fail;
     if (ckpt && api_model_lookup(app, ckpt, "sd_model_checkpoint", &model, &e) != DF_OK) goto fail;
-    if (clip < 1 || clip > 12) {
-        api_fail(&e, 422, "out_of_range", "CLIP_stop_at_last_layers", "CLIP_stop_at_last_layers must be in 1..12");
+    /* checked against the model it will apply to: a value beyond its text
+     * encoder's depth would make every later generation fail */
+    const struct model *m = app->models[model].m;
+    int max_skip = m->family->max_clip_skip(m);
+    if (clip < 1 || clip > max_skip) {
+        api_fail(&e, 422, "out_of_range", "CLIP_stop_at_last_layers",
+                 "CLIP_stop_at_last_layers %lld: must be in 1..%d (the text encoder of %s has %d layers)", clip,
+                 max_skip, m->name, max_skip);
         goto fail;
     }
     int rng = atomic_load(&app->sd_rng);

@@ -3,7 +3,9 @@
 
 #include <ctype.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -194,6 +196,10 @@ void serve_stop(struct server *s) {
         log_write(LOGL_WARN, NULL, "shutdown: some answers were still being sent");
 }
 
+void serve_cut_grace(struct server *s) {
+    if (s->jobs) jobs_cut_grace(s->jobs);
+}
+
 void serve_destroy(struct server *s) {
     if (!s) return;
     serve_stop(s);
@@ -223,6 +229,37 @@ static void notify(const char *socket_path, const char *msg) {
     close(fd);
 }
 
+/* serve_stop on its own thread, so the main thread can still take signals
+ * during the grace period; it wakes the main thread when done. */
+struct stopper {
+    struct server *s;
+    pthread_t main;
+    atomic_bool done;
+};
+
+static void *stopper_main(void *arg) {
+    struct stopper *st = arg;
+    serve_stop(st->s);
+    atomic_store(&st->done, true);
+    pthread_kill(st->main, SIGHUP); /* SIGHUP: the one signal whose arrival changes nothing */
+    return NULL;
+}
+
+/* The next SIGTERM or SIGINT. SIGHUP asks daemons to re-open their log
+ * files; ours go to stderr (journald, docker), so there is nothing to
+ * re-open and it is only logged - never the default action, which would
+ * kill the daemon and every running job. Returns 0 when `stopped` turns
+ * true instead (the stopper's wake-up). */
+static int next_signal(const sigset_t *set, const atomic_bool *stopped) {
+    for (;;) {
+        int sig = 0;
+        if (sigwait(set, &sig) != 0) continue;
+        if (stopped && atomic_load(stopped)) return 0;
+        if (sig != SIGHUP) return sig;
+        log_write(LOGL_INFO, NULL, "SIGHUP: ignored (the log goes to stderr: there is no log file to re-open)");
+    }
+}
+
 int serve_main(int argc, char **argv) {
     struct config cfg;
     bool help = false;
@@ -236,11 +273,12 @@ int serve_main(int argc, char **argv) {
         return 0;
     }
     /* every thread started from here on inherits the mask, so only sigwait
-     * below sees SIGTERM/SIGINT */
+     * below sees SIGTERM/SIGINT/SIGHUP */
     sigset_t set, old;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, &old);
     signal(SIGPIPE, SIG_IGN);
     struct server *s = NULL;
@@ -254,15 +292,36 @@ int serve_main(int argc, char **argv) {
     snprintf(msg, sizeof msg, "READY=1\nSTATUS=listening on %s:%d\nMAINPID=%d", cfg.host, serve_port(s),
              (int)getpid());
     notify(cfg.notify_socket, msg);
-    int sig = 0;
-    sigwait(&set, &sig);
-    log_write(LOGL_INFO, NULL, "%s: shutting down (grace %.0f s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
-              cfg.shutdown_grace_s);
+    int sig = next_signal(&set, NULL);
+    log_write(LOGL_INFO, NULL, "%s: shutting down (grace %.0f s; a second SIGTERM or SIGINT cancels the running jobs)",
+              sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.shutdown_grace_s);
+    /* refuse new work before STOPPING=1 says so (serve_stop, on its thread,
+     * would set it a moment later) */
+    atomic_store(&s->app.stopping, true);
     notify(cfg.notify_socket, "STOPPING=1\nSTATUS=draining");
-    serve_stop(s);
+    struct stopper st = {.s = s, .main = pthread_self()};
+    atomic_init(&st.done, false);
+    bool cut = false;
+    pthread_t stopper;
+    if (pthread_create(&stopper, NULL, stopper_main, &st) != 0) { /* no thread: drain here, one signal only */
+        serve_stop(s);
+    } else {
+        while ((sig = next_signal(&set, &st.done)) != 0) {
+            if (cut) continue;
+            log_write(LOGL_WARN, NULL, "%s again: grace period cut short, cancelling the running jobs",
+                      sig == SIGINT ? "SIGINT" : "SIGTERM");
+            cut = true;
+            serve_cut_grace(s);
+        }
+        pthread_join(stopper, NULL);
+    }
     serve_destroy(s);
-    log_write(LOGL_INFO, NULL, "stopped");
+    log_write(LOGL_INFO, NULL, "stopped%s", cut ? " (running jobs cancelled)" : "");
+    /* a signal that came after the last sigwait (or the stopper's wake-up,
+     * when a real SIGHUP was taken for it) must not get its default action
+     * once unblocked */
+    while (sigtimedwait(&set, NULL, &(struct timespec){0, 0}) > 0) {}
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     cfg_free(&cfg);
-    return 0;
+    return cut ? 1 : 0;
 }

@@ -1,6 +1,7 @@
 /* Model loading: families refused with a clear message, bf16 files, missing
  * and mis-shaped tensors, components from fixture files, and the whole
  * request path through the CLI's code. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -162,6 +163,26 @@ static void reshape_conv_out(const struct st_tensor *t, struct entry *e, void **
     }
 }
 
+/* An overflowing VAE: the decoder's last bias is +inf, so every pixel is. */
+static void infinite_conv_out_bias(const struct st_tensor *t, struct entry *e, void **owned) {
+    if (strcmp(t->name, "decoder.conv_out.bias") || t->dtype != ST_F32) return;
+    float *b = malloc((size_t)t->numel * sizeof *b);
+    for (int64_t i = 0; i < t->numel; i++) b[i] = INFINITY;
+    *owned = b;
+    e->data = b;
+}
+
+/* A VAE weight beyond fp16's range (65504): inf once stored in fp16,
+ * finite in fp32 - the overflow SDXL's VAE is known for, made small. */
+static void huge_conv_out_weight(const struct st_tensor *t, struct entry *e, void **owned) {
+    if (strcmp(t->name, "decoder.conv_out.weight") || t->dtype != ST_F32) return;
+    float *w = malloc((size_t)t->numel * sizeof *w);
+    memcpy(w, t->data, (size_t)t->numel * sizeof *w);
+    w[0] = 1e5f;
+    *owned = w;
+    e->data = w;
+}
+
 static struct pipe_request small_request(void) {
     return (struct pipe_request){.prompt = "a cat", .negative_prompt = "blurry", .width = 64, .height = 64,
                                  .steps = 2, .batch = 1, .cfg_scale = 7.5f, .sampler = SMP_EULER, .seed = 7,
@@ -319,6 +340,71 @@ static void test_tiled_vae(void **state) {
     model_destroy(m);
 }
 
+/* A decode that overflows is never an image: the job fails with a clear
+ * error, and the worker serves the next model. */
+static void test_non_finite_decode_fails(void **state) {
+    (void)state;
+    char unet[4096], vae[4096], clip[4096];
+    struct model_options opt = fixture_components(unet, vae, clip, sizeof unet);
+    char broken[] = "/tmp/df_test_inf_vae_XXXXXX";
+    close(mkstemp(broken));
+    rewrite(vae, broken, infinite_conv_out_bias);
+    opt.component[COMP_VAE] = broken;
+    struct model *m;
+    if (model_load(tu_device(), &opt, &m) != DF_OK) fail_msg("load: %s", df_errmsg());
+    struct pipe_worker *w;
+    assert_int_equal(pipe_worker_create(tu_device(), &w), DF_OK);
+    struct pipe_request req = small_request();
+    struct pipe_result r;
+    assert_int_equal(pipe_generate(w, m, &req, NULL, &r), DF_ENUMERIC);
+    assert_non_null(strstr(df_errmsg(), "non-finite"));
+    assert_null(r.images);
+    model_destroy(m);
+    unlink(broken);
+    opt = fixture_components(unet, vae, clip, sizeof unet);
+    assert_int_equal(model_load(tu_device(), &opt, &m), DF_OK);
+    assert_int_equal(pipe_generate(w, m, &req, NULL, &r), DF_OK);
+    pipe_result_free(&r);
+    pipe_worker_destroy(w);
+    model_destroy(m);
+}
+
+/* fp16 VAE weights that overflow: the decode is retried once with the VAE
+ * in fp32 and gives the fp32 model's image (up to the fp16 UNet's rounding). */
+static void test_fp16_overflow_retried_in_fp32(void **state) {
+    (void)state;
+    char unet[4096], vae[4096], clip[4096];
+    struct model_options opt = fixture_components(unet, vae, clip, sizeof unet);
+    char huge[] = "/tmp/df_test_huge_vae_XXXXXX";
+    close(mkstemp(huge));
+    rewrite(vae, huge, huge_conv_out_weight);
+    opt.component[COMP_VAE] = huge;
+    struct model *m32, *m16;
+    assert_int_equal(model_load(tu_device(), &opt, &m32), DF_OK);
+    opt.precision = WTS_F16;
+    assert_int_equal(model_load(tu_device(), &opt, &m16), DF_OK);
+    struct pipe_worker *w;
+    assert_int_equal(pipe_worker_create(tu_device(), &w), DF_OK);
+    struct pipe_request req = small_request();
+    struct pipe_result a, b, c;
+    assert_int_equal(pipe_generate(w, m32, &req, NULL, &a), DF_OK);
+    assert_false(a.vae_fp32_retry);
+    if (pipe_generate(w, m16, &req, NULL, &b) != DF_OK) fail_msg("fp16: %s", df_errmsg());
+    assert_true(b.vae_fp32_retry);
+    double err = tu_rel_l2f(b.images, a.images, 64 * 64 * 3);
+    print_message("fp16 model, VAE retried in fp32, vs fp32 model: image rel L2 %.2e\n", err);
+    assert_true(err < 1e-2);
+    assert_int_equal(pipe_generate(w, m16, &req, NULL, &c), DF_OK); /* the fp32 copy is kept */
+    assert_memory_equal(b.images, c.images, 64 * 64 * 3 * sizeof(float));
+    pipe_result_free(&a);
+    pipe_result_free(&b);
+    pipe_result_free(&c);
+    pipe_worker_destroy(w);
+    model_destroy(m32);
+    model_destroy(m16);
+    unlink(huge);
+}
+
 static void test_cancel(void **state) {
     (void)state;
     char unet[4096], vae[4096], clip[4096];
@@ -387,6 +473,8 @@ int main(void) {
         cmocka_unit_test(test_reproducible),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_tiled_vae),
+        cmocka_unit_test(test_non_finite_decode_fails),
+        cmocka_unit_test(test_fp16_overflow_retried_in_fp32),
         cmocka_unit_test(test_single_file_and_folder),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);

@@ -113,6 +113,68 @@ static void test_cors(void **state) {
     su_free(&r);
 }
 
+/* A second daemon on the shared daemon's port is refused, saying so (no
+ * SO_REUSEPORT: the kernel would split connections between the two); the
+ * first serves on. */
+static void test_port_in_use(void **state) {
+    (void)state;
+    char port[16], want[64];
+    snprintf(port, sizeof port, "%d", g2_port);
+    char *argv[] = {"serve", TINY_MODEL, "--port", port, "--log-level", "error", "--http-threads", "1"};
+    struct config cfg;
+    bool help;
+    assert_int_equal(cfg_load(sizeof argv / sizeof argv[0], argv, &cfg, &help), DF_OK);
+    struct server *srv = NULL;
+    df_status st = serve_create(&cfg, &srv);
+    if (st == DF_OK) serve_destroy(srv);
+    cfg_free(&cfg);
+    assert_int_not_equal(st, DF_OK);
+    snprintf(want, sizeof want, "port %d is in use", g2_port);
+    if (!strstr(df_errmsg(), want)) fail_msg("expected \"%s\": %s", want, df_errmsg());
+    struct su_resp r;
+    su_req(g2_port, "GET", "/health", NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    su_free(&r);
+}
+
+/* A scheduler_config.json the samplers cannot use stops start-up with an
+ * error naming the file and the key, instead of a daemon that is ready and
+ * fails every generation. */
+static void test_bad_scheduler_config(void **state) {
+    (void)state;
+    static const struct {
+        const char *json, *key;
+    } cases[] = {
+        {"{\"num_train_timesteps\": 0}", "num_train_timesteps"},
+        {"{\"beta_start\": -1}", "betas"},
+        {"{\"beta_start\": 0.5, \"beta_end\": 0.0001}", "beta_start"},
+        {"{\"steps_offset\": 5000}", "steps_offset"},
+        {"{\"beta_schedule\": \"foo\"}", "beta_schedule"},
+        {"{\"beta_end\": \"high\"}", "beta_end"},
+    };
+    char path[96];
+    snprintf(path, sizeof path, "/tmp/diffusiond-test-%d-bad-scheduler.json", (int)getpid());
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(cases[i].json, f);
+        fclose(f);
+        char *argv[] = {"serve", TINY_MODEL, "--scheduler-config", path, "--port", "0", "--log-level", "error",
+                        "--http-threads", "1"};
+        struct config cfg;
+        bool help;
+        assert_int_equal(cfg_load(sizeof argv / sizeof argv[0], argv, &cfg, &help), DF_OK);
+        struct server *srv = NULL;
+        df_status st = serve_create(&cfg, &srv);
+        if (st == DF_OK) serve_destroy(srv);
+        cfg_free(&cfg);
+        if (st == DF_OK) fail_msg("%s: the daemon started", cases[i].json);
+        if (!strstr(df_errmsg(), path) || !strstr(df_errmsg(), cases[i].key))
+            fail_msg("%s: the error names neither %s nor %s: %s", cases[i].json, path, cases[i].key, df_errmsg());
+    }
+    unlink(path);
+}
+
 /* A job time limit of a microsecond: less than any generation needs before
  * its first sampler step (tokenizing, a text-encoder pass through the
  * Vulkan queue), and the limit is checked at every step boundary, so every
@@ -211,8 +273,8 @@ static void notify_recv(int fd, char *buf, size_t n, double timeout) {
  * The running job is held until the queued ones have their answers, so it
  * is running when the signal comes and finishes after, by construction; the
  * grace period (600 s) only bounds a daemon that would hang. */
-static void test_sigterm_drain(void **state) {
-    (void)state;
+/* Starts serve_main on its thread; returns the port from READY=1's STATUS=. */
+static int serve_thread_start(void) {
     g_st = (struct serve_thread){.exit = -1};
     g_st.notify = socket(AF_UNIX, SOCK_DGRAM, 0);
     assert_true(g_st.notify >= 0);
@@ -229,28 +291,57 @@ static void test_sigterm_drain(void **state) {
     unsetenv("NOTIFY_SOCKET");
     const char *at = strstr(msg, "STATUS=listening on 127.0.0.1:");
     if (!strstr(msg, "READY=1") || !at) fail_msg("no READY=1 from the daemon: \"%s\"", msg);
-    int port = atoi(at + strlen("STATUS=listening on 127.0.0.1:"));
     su_pin_libraries();
+    return atoi(at + strlen("STATUS=listening on 127.0.0.1:"));
+}
 
-    struct su_call *a = &g_st.calls[0], *b = &g_st.calls[1], *c = &g_st.calls[2];
+/* SIGTERM (process-directed, as systemd sends it), then STOPPING=1. */
+static void sigterm_and_wait_stopping(void) {
+    assert_int_equal(kill(getpid(), SIGTERM), 0);
+    g_st.signalled = true;
+    char msg[512];
+    notify_recv(g_st.notify, msg, sizeof msg, SU_PATIENCE_S);
+    assert_non_null(strstr(msg, "STOPPING=1"));
+}
+
+/* Starts calls[0]: a synchronous generation held running. */
+static struct su_call *start_held_call(int port) {
+    struct su_call *a = &g_st.calls[0];
     *a = (struct su_call){port, "POST", "/generate", KEY,
                           "{\"prompt\": \"" HU_HOLD " last\", \"width\": 64, \"height\": 64, \"steps\": 2,"
                           " \"cfg_scale\": 1}",
                           {0}, 0};
-    *b = (struct su_call){port, "POST", "/generate", KEY, SU_SHORT_JOB, {0}, 0};
-    *c = *b;
     su_call_start(a);
     g_st.n_calls = 1;
     hu_wait_held(1, SU_PATIENCE_S);
+    return a;
+}
+
+/* One request on a new connection whose answer must come while a held job
+ * keeps the daemon busy: the receive timeout is only a guard against a
+ * daemon that never answers (the job is released after, not before). */
+static void req_while_held(int port, const char *method, const char *path, const char *body, struct su_resp *r) {
+    int fd = su_connect(port);
+    if (fd < 0) fail_msg("connection refused during the grace period");
+    struct timeval tv = {.tv_sec = 60};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    su_send_request(fd, method, path, KEY, body, body ? strlen(body) : 0);
+    su_read(fd, r);
+    close(fd);
+}
+
+static void test_sigterm_drain(void **state) {
+    (void)state;
+    int port = serve_thread_start();
+    struct su_call *a = start_held_call(port), *b = &g_st.calls[1], *c = &g_st.calls[2];
+    *b = (struct su_call){port, "POST", "/generate", KEY, SU_SHORT_JOB, {0}, 0};
+    *c = *b;
     su_call_start(b);
     g_st.n_calls = 2;
     su_call_start(c);
     g_st.n_calls = 3;
     su_wait_jobs(port, KEY, "queued", 2, NULL, SU_PATIENCE_S);
-    assert_int_equal(kill(getpid(), SIGTERM), 0);
-    g_st.signalled = true;
-    notify_recv(g_st.notify, msg, sizeof msg, SU_PATIENCE_S);
-    assert_non_null(strstr(msg, "STOPPING=1"));
+    sigterm_and_wait_stopping();
     su_call_join(b);
     su_call_join(c);
     hu_release(); /* the queued ones are answered: now the running one finishes */
@@ -265,6 +356,76 @@ static void test_sigterm_drain(void **state) {
     assert_int_equal(g_st.exit, 0);
     int fd = su_connect(port); /* nobody listens any more */
     assert_true(fd < 0);
+}
+
+/* During the grace period (a held job keeps it going) a new connection is
+ * answered at once: 503 shutting_down with Retry-After for the API, /ready
+ * 503, /health 200 - not left hanging in the listen queue. */
+static void test_sigterm_new_connections_503(void **state) {
+    (void)state;
+    int port = serve_thread_start();
+    struct su_call *a = start_held_call(port);
+    sigterm_and_wait_stopping();
+    struct su_resp r;
+    req_while_held(port, "POST", "/generate", SU_SHORT_JOB, &r);
+    su_expect_error(&r, 503, "shutting_down", NULL);
+    assert_non_null(su_header(&r, "Retry-After"));
+    su_free(&r);
+    req_while_held(port, "GET", "/ready", NULL, &r);
+    assert_int_equal(r.status, 503);
+    assert_non_null(strstr(r.body, "shutting down"));
+    su_free(&r);
+    req_while_held(port, "GET", "/health", NULL, &r);
+    assert_int_equal(r.status, 200);
+    su_free(&r);
+    hu_release();
+    su_call_join(a);
+    g_st.n_calls = 0;
+    if (a->r.status != 200) fail_msg("running job: %d %.300s", a->r.status, a->r.body);
+    pthread_join(g_st.t, NULL);
+    g_st.running = false;
+    assert_int_equal(g_st.exit, 0);
+}
+
+/* A second SIGTERM during the grace period (600 s, kept going by a held
+ * job that is never released) ends it: the running job is cancelled, its
+ * client answered 503 shutdown, serve_main returns 1. */
+static void test_second_sigterm_exits(void **state) {
+    (void)state;
+    int port = serve_thread_start();
+    struct su_call *a = start_held_call(port);
+    sigterm_and_wait_stopping();
+    assert_int_equal(kill(getpid(), SIGTERM), 0);
+    pthread_join(g_st.t, NULL); /* no hu_release: only the second signal can end the grace */
+    g_st.running = false;
+    assert_int_equal(g_st.exit, 1);
+    su_call_join(a);
+    g_st.n_calls = 0;
+    su_expect_error(&a->r, 503, "shutdown", NULL);
+}
+
+/* SIGHUP (sent to serve_main's thread: the test's own threads keep the
+ * default action, which kills the process) is logged and ignored: the held
+ * job goes on and is answered, and SIGTERM later stops the daemon cleanly.
+ * SIGHUP is taken before the SIGTERM sent after it (pending signals are
+ * delivered lowest number first). */
+static void test_sighup_ignored(void **state) {
+    (void)state;
+    int port = serve_thread_start();
+    struct su_call *a = start_held_call(port);
+    assert_int_equal(pthread_kill(g_st.t, SIGHUP), 0);
+    struct su_resp r;
+    req_while_held(port, "GET", "/ready", NULL, &r);
+    assert_int_equal(r.status, 200);
+    su_free(&r);
+    sigterm_and_wait_stopping();
+    hu_release();
+    su_call_join(a);
+    g_st.n_calls = 0;
+    if (a->r.status != 200) fail_msg("running job after SIGHUP: %d %.300s", a->r.status, a->r.body);
+    pthread_join(g_st.t, NULL);
+    g_st.running = false;
+    assert_int_equal(g_st.exit, 0);
 }
 
 /* Whatever the test did: the daemon stopped, its clients answered, the
@@ -299,9 +460,14 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         SU_TEST(test_auth),
         SU_TEST(test_cors),
+        SU_TEST(test_port_in_use),
+        SU_TEST(test_bad_scheduler_config),
         cmocka_unit_test_setup_teardown(test_job_timeout, su_test_start, timeout_end),
         SU_TEST(test_out_of_memory_fails_alone),
         cmocka_unit_test_setup_teardown(test_sigterm_drain, su_test_start, sigterm_end),
+        cmocka_unit_test_setup_teardown(test_sigterm_new_connections_503, su_test_start, sigterm_end),
+        cmocka_unit_test_setup_teardown(test_second_sigterm_exits, su_test_start, sigterm_end),
+        cmocka_unit_test_setup_teardown(test_sighup_ignored, su_test_start, sigterm_end),
     };
     int failed = cmocka_run_group_tests_name("serve", tests, group2_setup, group2_teardown);
     su_model_cleanup(&fx);

@@ -134,6 +134,12 @@ static void test_bad_inputs(void **state) {
         {"POST", "/generate", "{\"width\": 64, \"height\": 64, \"n\": 50}", 422, "out_of_range", "n"},
         {"POST", "/generate", "{\"width\": 64, \"height\": 64, \"cfg_scale\": -1}", 422, "out_of_range", "cfg_scale"},
         {"POST", "/generate", "{\"width\": 64, \"height\": 64, \"seed\": -7}", 422, "out_of_range", "seed"},
+        {"POST", "/generate", "{\"width\": 64, \"height\": 64, \"seed\": 9223372036854775807, \"n\": 2}", 422, "out_of_range", "seed"},
+        {"POST", "/jobs", "{\"width\": 64, \"height\": 64, \"seed\": 9223372036854775806, \"n\": 3}", 422, "out_of_range", "seed"},
+        {"POST", "/sdapi/v1/txt2img", "{\"width\": 64, \"height\": 64, \"seed\": 9223372036854775807, \"batch_size\": 2}", 422, "out_of_range", "seed"},
+        {"POST", "/sdapi/v1/txt2img", "{\"width\": 64, \"height\": 64, \"seed\": 9223372036854775806, \"n_iter\": 2, \"batch_size\": 2}", 422, "out_of_range", "seed"},
+        {"POST", "/sdapi/v1/options", "{\"CLIP_stop_at_last_layers\": 4}", 422, "out_of_range", "CLIP_stop_at_last_layers"},
+        {"POST", "/sdapi/v1/options", "{\"CLIP_stop_at_last_layers\": 12}", 422, "out_of_range", "CLIP_stop_at_last_layers"},
         {"POST", "/generate", "{\"width\": 64, \"height\": 64, \"sampler\": \"warp\"}", 422, "unknown_sampler", "sampler"},
         {"POST", "/generate", "{\"width\": 64, \"height\": 64, \"schedule\": \"zigzag\"}", 422, "unknown_schedule", "schedule"},
         {"POST", "/generate", "{\"width\": 64, \"height\": 64, \"sampler\": \"ddim\", \"schedule\": \"karras\"}", 422, "unsupported", "sampler"},
@@ -209,7 +215,120 @@ static void test_bad_inputs(void **state) {
     su_expect_error(&r, 413, "body_too_large", NULL);
     su_free(&r);
 
+    /* the limits' edges are accepted: the last seed 2^63 - 1, all 3 layers of the tiny text encoder */
+    su_req(g_port, "POST", "/generate", "Accept: application/json\r\n",
+           "{\"prompt\": \"edge\", \"width\": 64, \"height\": 64, \"steps\": 1, \"cfg_scale\": 1, \"n\": 2,"
+           " \"seed\": 9223372036854775806}", &r);
+    if (r.status != 200) fail_msg("seed 2^63 - 2, n 2: %d %.300s", r.status, r.body);
+    j = su_json(&r);
+    assert_true(json_integer_value(json_array_get(json_object_get(j, "seeds"), 1)) == INT64_MAX);
+    json_decref(j);
+    su_free(&r);
+    for (int clip = 3; clip >= 1; clip -= 2) {
+        char body[64];
+        snprintf(body, sizeof body, "{\"CLIP_stop_at_last_layers\": %d}", clip);
+        su_req(g_port, "POST", "/sdapi/v1/options", NULL, body, &r);
+        assert_int_equal(r.status, 200);
+        su_free(&r);
+        su_req(g_port, "GET", "/sdapi/v1/options", NULL, NULL, &r);
+        j = su_json(&r);
+        assert_int_equal(json_integer_value(json_object_get(j, "CLIP_stop_at_last_layers")), clip);
+        json_decref(j);
+        su_free(&r);
+    }
+
     /* unknown fields are ignored; the daemon is unaffected by all of the above */
+    su_req(g_port, "GET", "/ready", NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    su_free(&r);
+}
+
+/* Sends `n` raw bytes on a connection of its own and reads the answer. */
+static void raw_req(const void *data, size_t n, struct su_resp *r) {
+    int fd = su_connect(g_port);
+    assert_true(fd >= 0);
+    su_send(fd, data, n);
+    su_read(fd, r);
+    close(fd);
+}
+
+/* What libmicrohttpd would answer with its own HTML page - a malformed
+ * request line, a header block too large, a Content-Length that does not
+ * parse or overflows, another HTTP version - is the daemon's JSON error;
+ * a body of another media type is 415 on the JSON endpoints. The daemon
+ * serves on after each. */
+static void test_protocol_errors_are_json(void **state) {
+    (void)state;
+    static const struct {
+        const char *head;
+        int status;
+        const char *code;
+    } cases[] = {
+        {"GARBAGE\r\n\r\n", 400, "bad_request"},
+        {"GET /health\r\n\r\n", 400, "bad_request"},
+        {"GET  /health HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_request"},
+        {"GET /health HTTP/1.1\r\nno colon here\r\n\r\n", 400, "bad_request"},
+        {"GET /health HTTP/2.0\r\nHost: x\r\n\r\n", 505, "http_version_not_supported"},
+        {"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n", 400, "bad_request"},
+        {"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400,
+         "bad_request"},
+        {"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", 413,
+         "body_too_large"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct su_resp r;
+        raw_req(cases[i].head, strlen(cases[i].head), &r);
+        if (r.status != cases[i].status) fail_msg("case %zu: %d %.300s", i, r.status, r.body);
+        su_expect_error(&r, cases[i].status, cases[i].code, NULL);
+        assert_non_null(strstr(su_header(&r, "Content-Type"), "application/json"));
+        su_free(&r);
+    }
+    /* a header block beyond 32 KiB, in the request line and in a header */
+    static char big[48 * 1024];
+    for (int k = 0; k < 2; k++) {
+        int n = k == 0 ? sprintf(big, "GET /") : sprintf(big, "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ");
+        memset(big + n, 'a', 40000);
+        n += 40000;
+        n += sprintf(big + n, k == 0 ? " HTTP/1.1\r\nHost: x\r\n\r\n" : "\r\n\r\n");
+        struct su_resp r;
+        raw_req(big, (size_t)n, &r);
+        su_expect_error(&r, 431, "headers_too_large", NULL);
+        su_free(&r);
+    }
+    /* half a request head, then the client stops sending: closed without an
+     * answer (there is no request to answer), not held until the head timeout */
+    int fd = su_connect(g_port);
+    assert_true(fd >= 0);
+    su_send(fd, "GET /hea", 8);
+    shutdown(fd, SHUT_WR);
+    char c;
+    assert_int_equal(recv(fd, &c, 1, 0), 0);
+    close(fd);
+    /* not JSON: 415 naming what the endpoint takes; JSON with a charset,
+     * and no Content-Type at all, are fine (a 422 from the values) */
+    static const char *posts[] = {"/generate", "/jobs", "/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/options"};
+    for (size_t i = 0; i < sizeof posts / sizeof posts[0]; i++) {
+        char head[512];
+        const char *types[] = {"text/plain", "application/x-www-form-urlencoded", "application/json; charset=utf-8",
+                               NULL};
+        for (int t = 0; t < 4; t++) {
+            int n = snprintf(head, sizeof head, "POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%s%s%s"
+                             "Content-Length: 14\r\n\r\n{\"steps\": -1 }", posts[i], types[t] ? "Content-Type: " : "",
+                             types[t] ? types[t] : "", types[t] ? "\r\n" : "");
+            struct su_resp r;
+            raw_req(head, (size_t)n, &r);
+            if (t < 2) {
+                su_expect_error(&r, 415, "unsupported_media_type", NULL);
+                json_t *j = su_json(&r);
+                assert_non_null(strstr(su_str(json_object_get(j, "error"), "message"), "application/json"));
+                json_decref(j);
+            } else if (r.status == 415) {
+                fail_msg("%s with %s: %.300s", posts[i], types[t] ? types[t] : "no Content-Type", r.body);
+            }
+            su_free(&r);
+        }
+    }
+    struct su_resp r;
     su_req(g_port, "GET", "/ready", NULL, NULL, &r);
     assert_int_equal(r.status, 200);
     su_free(&r);
@@ -767,6 +886,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         TEST(test_health_ready_models),
         TEST(test_bad_inputs),
+        TEST(test_protocol_errors_are_json),
         TEST(test_generate_reproduces_oracle),
         TEST(test_generate_json_batch),
         TEST(test_jobs_async_and_events),
