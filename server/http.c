@@ -612,18 +612,22 @@ static void set_lowat(int fd, int n) {
 
 /* Sends a JSON error and half-closes; the connection lingers (closing)
  * until the client has read it, so unread request bytes cannot turn the
- * close into a reset that loses the answer. */
-static void gate_reply(struct http_server *s, struct gate_conn *c, int status, const char *reason, const char *code,
-                       const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-static void gate_reply(struct http_server *s, struct gate_conn *c, int status, const char *reason, const char *code,
-                       const char *fmt, ...) {
-    (void)s;
+ * close into a reset that loses the answer. `path` (the request target,
+ * NULL when the request line is unreadable) picks the error's shape. */
+static void gate_reply(struct http_server *s, struct gate_conn *c, const char *path, int status, const char *reason,
+                       const char *code, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+static void gate_reply(struct http_server *s, struct gate_conn *c, const char *path, int status, const char *reason,
+                       const char *code, const char *fmt, ...) {
     char msg[256], out[1024];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    json_t *body = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", msg);
+    utf8_clean(msg);
+    int shaped_status = status; /* the status line keeps its reason phrase: a changed status is not taken */
+    json_t *body = path && s->cfg.error_body ? s->cfg.error_body(s->cfg.ctx, path, &shaped_status, code, NULL, msg)
+                                             : NULL;
+    if (!body) body = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", msg);
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     int n = snprintf(out, sizeof out,
@@ -669,11 +673,14 @@ static bool gate_check_head(struct http_server *s, struct gate_conn *c, const ch
     bool http = ok && ve - v == 8 && strncmp(v, "HTTP/", 5) == 0 && v[5] >= '0' && v[5] <= '9' && v[6] == '.' &&
                 v[7] >= '0' && v[7] <= '9';
     if (!http) {
-        gate_reply(s, c, 400, "Bad Request", "bad_request", "malformed request line (expected METHOD TARGET HTTP/1.1)");
+        gate_reply(s, c, NULL, 400, "Bad Request", "bad_request",
+                   "malformed request line (expected METHOD TARGET HTTP/1.1)");
         return false;
     }
+    char path[256]; /* enough to match an API's prefix */
+    snprintf(path, sizeof path, "%.*s", (int)(p - t), t);
     if (strncmp(v, "HTTP/1.1", 8) != 0 && strncmp(v, "HTTP/1.0", 8) != 0) {
-        gate_reply(s, c, 505, "HTTP Version Not Supported", "http_version_not_supported",
+        gate_reply(s, c, path, 505, "HTTP Version Not Supported", "http_version_not_supported",
                    "%.8s is not supported: use HTTP/1.1", v);
         return false;
     }
@@ -686,13 +693,13 @@ static bool gate_check_head(struct http_server *s, struct gate_conn *c, const ch
         const char *colon = line;
         while (colon < eol && is_tchar((unsigned char)*colon)) colon++;
         if (colon == line || colon == eol || *colon != ':') {
-            gate_reply(s, c, 400, "Bad Request", "bad_request", "malformed header line");
+            gate_reply(s, c, path, 400, "Bad Request", "bad_request", "malformed header line");
             return false;
         }
         if (colon - line == 14 && strncasecmp(line, "Content-Length", 14) == 0) {
             unsigned long long n = 0;
             if (!content_length(colon + 1, eol, &n) || (have_cl && n != cl)) {
-                gate_reply(s, c, 400, "Bad Request", "bad_request", "invalid Content-Length");
+                gate_reply(s, c, path, 400, "Bad Request", "bad_request", "invalid Content-Length");
                 return false;
             }
             have_cl = true;
@@ -700,8 +707,8 @@ static bool gate_check_head(struct http_server *s, struct gate_conn *c, const ch
         }
     }
     if (have_cl && cl > s->cfg.max_body_bytes) {
-        gate_reply(s, c, 413, "Content Too Large", "body_too_large", "the request body is larger than %zu bytes",
-                   s->cfg.max_body_bytes);
+        gate_reply(s, c, path, 413, "Content Too Large", "body_too_large",
+                   "the request body is larger than %zu bytes", s->cfg.max_body_bytes);
         return false;
     }
     return true;
@@ -738,10 +745,10 @@ static bool gate_step(struct http_server *s, int i, short revents) {
             gate_close(s, i);
         }
         else if (n >= HTTP_HEAD_MAX)
-            gate_reply(s, c, 431, "Request Header Fields Too Large", "headers_too_large",
+            gate_reply(s, c, NULL, 431, "Request Header Fields Too Large", "headers_too_large",
                        "the request line and headers are larger than %d bytes", HTTP_HEAD_MAX);
         else if (now >= c->deadline)
-            gate_reply(s, c, 408, "Request Timeout", "request_timeout", "no complete request head within %.0f s",
+            gate_reply(s, c, NULL, 408, "Request Timeout", "request_timeout", "no complete request head within %.0f s",
                        HTTP_HEAD_TIMEOUT_S);
         else
             set_lowat(c->fd, (int)n + 1);

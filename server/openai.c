@@ -267,6 +267,7 @@ static void submit_and_wait(struct api_ctx *app, struct http_request *req, struc
 
 static void route_generations(struct api_ctx *app, struct http_request *req, const char *rest) {
     (void)rest;
+    if (!api_body_type_ok(req, api_json_types)) return;
     size_t len;
     const char *body = http_body(req, &len);
     json_error_t jerr;
@@ -332,6 +333,8 @@ static df_status form_json(const struct multipart *mp, json_t **out, struct api_
 
 static void route_edits(struct api_ctx *app, struct http_request *req, const char *rest) {
     (void)rest;
+    static const char *const form_types[] = {"multipart/form-data", NULL};
+    if (!api_body_type_ok(req, form_types)) return;
     size_t len;
     const char *body = http_body(req, &len), *ct = http_header(req, "Content-Type");
     struct api_error e;
@@ -343,10 +346,10 @@ static void route_edits(struct api_ctx *app, struct http_request *req, const cha
     const char *user = NULL;
     df_status st = multipart_parse(ct, body, len, &mp);
     if (st != DF_OK) {
-        /* another media type is 415; a form that does not parse is 400 */
-        bool form = ct && strncasecmp(ct, "multipart/form-data", 19) == 0;
+        /* no Content-Type at all (api_body_type_ok lets it pass) is 415 too:
+         * a form has no boundary without one */
         if (st == DF_ENOMEM) api_fail(&e, 500, "out_of_memory", NULL, "out of memory");
-        else if (!form) api_fail(&e, 415, "unsupported_media_type", NULL, "%s", df_errmsg());
+        else if (!ct) api_fail(&e, 415, "unsupported_media_type", NULL, "%s", df_errmsg());
         else api_fail(&e, 400, "invalid_multipart", NULL, "malformed multipart/form-data: %s", df_errmsg());
         goto fail;
     }

@@ -383,6 +383,18 @@ static void test_generations_errors(void **state) {
     su_req(g_port, "POST", "/v1/images/generations/", NULL, "{}", &r);
     oa_expect_error(&r, 404, "not_found", NULL);
     su_free(&r);
+    static const char json[] = "{\"prompt\": \"x\", \"size\": \"64x64\"}";
+    post_raw(g_port, "/v1/images/generations", NULL, "text/plain", json, strlen(json), &r);
+    oa_expect_error(&r, 415, "unsupported_media_type", NULL);
+    su_free(&r);
+    /* the daemon's own errors before a handler runs: a head the gate refuses */
+    int fd = su_connect(g_port);
+    static const char bad_cl[] = "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n";
+    su_send(fd, bad_cl, strlen(bad_cl));
+    su_read(fd, &r);
+    close(fd);
+    oa_expect_error(&r, 400, "bad_request", NULL);
+    su_free(&r);
     /* the native API keeps its own error shape */
     su_req(g_port, "POST", "/generate", NULL, "{\"steps\": \"x\"}", &r);
     su_expect_error(&r, 400, "invalid_type", "steps");
